@@ -1,0 +1,41 @@
+# syntax=docker/dockerfile:1
+# edge-agent image: a venv built in one stage, copied into a slim runtime without build tools.
+#   docker build -t edge-agent:0.1.0 .
+# Both stages use the same pinned base, so the venv's interpreter path is the same in each
+# (tests/deploy/test_policy.py checks they agree). tests/deploy/test_image_install.py runs this
+# file's build-stage commands outside Docker.
+FROM python:3.11.13-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+# Dependencies first, from the lock alone: this layer is rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r requirements.lock
+COPY pyproject.toml setup.py README.md ./
+COPY edge_agent ./edge_agent
+COPY drivers ./drivers
+COPY simulators ./simulators
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . && /opt/venv/bin/pip uninstall --yes pip
+
+FROM python:3.11.13-slim-bookworm AS runtime
+LABEL org.opencontainers.image.title="edge-agent" \
+      org.opencontainers.image.description="Edge IoT gateway agent: USB and serial industrial devices to MQTT" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# libusb for pyusb (driver: usb); tini as PID 1 forwards SIGTERM so the agent flushes on stop.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libusb-1.0-0=2:1.0.26-1 tini=0.19.0-1+b3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/venv /opt/venv
+# The buffer directory exists for `docker run` too; in Kubernetes a hostPath is mounted over it.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/edge-agent \
+    && install -d -m 0755 /etc/edge-agent
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+EXPOSE 7070
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7070/healthz', timeout=2)"]
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/edge-agent"]
+CMD ["run", "-c", "/etc/edge-agent/config.yaml"]
