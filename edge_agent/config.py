@@ -1,0 +1,262 @@
+"""Configuration: a YAML file, overridden by `EDGE_AGENT_*` environment variables.
+
+Validation is two-staged. The agent-level model checks everything the core owns; then each
+device is validated against the model of the driver it names, so a driver owns its keys and
+the error still carries the full path (`devices[2].points[0].type`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge_agent.errors import ConfigError, DriverLoadError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
+ENV_PREFIX = "EDGE_AGENT_"
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+SECRET_KEYS = frozenset({"password", "key", "token", "secret"})
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip host name verification; for lab brokers only
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together (mutual TLS)")
+        return self
+
+
+class SparkplugConfig(Strict):
+    group_id: str = Field("edge", pattern=r"^[^/+#]+$")
+    primary_host: str | None = None
+
+
+class MqttConfig(Strict):
+    url: str | list[str] = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = Field("edge", pattern=r"^[^+#]+$")
+    qos: Literal[0, 1, 2] = 1
+    format: Literal["json", "sparkplug"] = "json"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    inflight: int = Field(64, ge=1, le=65535)
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @field_validator("url")
+    @classmethod
+    def _urls_are_mqtt(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if not url.startswith(("mqtt://", "mqtts://", "tcp://", "ssl://")):
+                raise ValueError(f"'{url}' is not an mqtt:// or mqtts:// URL")
+        if isinstance(value, list) and not value:
+            raise ValueError("at least one broker URL is needed")
+        return value
+
+
+class BufferConfig(Strict):
+    path: Path | None = None  # None keeps the buffer in memory only (development)
+    max_bytes: int = Field(100 * 1024 * 1024, ge=64 * 1024)
+
+
+class HttpConfig(Strict):
+    listen: str = "0.0.0.0:7070"
+    enabled: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"'{value}' is not host:port")
+        return value
+
+
+class PointConfig(Strict):
+    """The keys every point has, whatever the driver: naming and normalisation."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    unit: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+class DeviceConfig(BaseModel):
+    """The keys every device has. Drivers subclass this with their own, forbidding extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    port: str | None = None
+    interval: float = Field(1.0, gt=0, le=86400)
+    timeout: float = Field(1.0, gt=0, le=600)
+    enabled: bool = True
+
+
+class AgentConfig(BaseSettings):
+    """The whole configuration. Environment variables win over the file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    node: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: float = Field(10.0, ge=0, le=600)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_device_names(self) -> AgentConfig:
+        seen: set[str] = set()
+        for device in self.devices:
+            if device.name in seen:
+                raise ValueError(f"device name '{device.name}' is used twice")
+            seen.add(device.name)
+        return self
+
+
+def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem, led by the field's path as a user would write it."""
+    lines = []
+    for item in error.errors():
+        path = prefix
+        for part in item["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif part in ("function-after", "function-before") or "[" in str(part):
+                continue  # pydantic's internal validator labels, not user-visible fields
+            else:
+                path += f".{part}" if path else str(part)
+        lines.append(f"{path or '<root>'}: {_describe(item)}")
+    return lines
+
+
+def _describe(item: dict[str, Any]) -> str:
+    kind, ctx = item["type"], item.get("ctx") or {}
+    if kind == "literal_error":
+        expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
+        return f"{item['input']!r} is not one of {expected}"
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling and indentation)"
+    if kind == "missing":
+        return "is required"
+    message = item["msg"].removeprefix("Value error, ")
+    return message
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Loads the file, turning I/O and syntax errors into config errors."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping, not {type(data).__name__}"])
+    return data
+
+
+def resolve_config_path(cli_value: str | None) -> Path:
+    """`-c FILE`, else env `EDGE_AGENT_CONFIG`, else /etc/edge-agent/config.yaml."""
+    return Path(cli_value or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def validate(data: dict[str, Any], *, strict_drivers: bool = True) -> AgentConfig:
+    """Validates a config mapping; raises ConfigError listing every problem found.
+
+    With `strict_drivers` a driver that cannot be loaded is a problem (check-config); without,
+    its devices are kept with only the core keys checked, and the runtime disables them.
+    """
+    from edge_agent import registry  # late: the registry imports this module's models
+
+    try:
+        config = AgentConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_problems(exc)) from None
+    problems: list[str] = []
+    typed: list[DeviceConfig] = []
+    for index, device in enumerate(config.devices):
+        where = f"devices[{index}]"
+        try:
+            driver_cls = registry.load(device.driver)
+        except DriverLoadError as exc:
+            if strict_drivers:
+                problems.append(f"{where}.driver: {exc}")
+            typed.append(device)
+            continue
+        try:
+            typed.append(driver_cls.config_model.model_validate(device.model_dump()))
+        except ValidationError as exc:
+            problems.extend(format_problems(exc, where))
+    if problems:
+        raise ConfigError(problems)
+    config.devices = typed
+    return config
+
+
+def load(path: Path, *, strict_drivers: bool = True) -> AgentConfig:
+    return validate(read_yaml(path), strict_drivers=strict_drivers)
+
+
+def redacted(config: AgentConfig) -> dict[str, Any]:
+    """The resolved config as plain data with anything secret-looking masked."""
+    return _redact(config.model_dump(mode="json"))
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: "***" if any(s in key.lower() for s in SECRET_KEYS) and not key.endswith("_file")
+            and item is not None else _redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    return value

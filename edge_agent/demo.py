@@ -1,0 +1,91 @@
+"""`edge-agent demo`: simulators, a broker, the agent and a live view, in one command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent import config as config_mod
+from edge_agent import logs
+from edge_agent.broker import Mosquitto, free_port, mosquitto_available, start_embedded
+from edge_agent.mqtt import parse_url
+from edge_agent.runtime import Agent
+
+
+async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | None) -> None:
+    from edge_agent_simulators import runner, spec
+
+    logs.configure("warning")
+    sims = await runner.start(spec.load(None))
+    broker: Any = None
+    if broker_url is None:
+        if mosquitto_available():
+            broker = Mosquitto().start()
+            broker_url = broker.url
+            print(f"started mosquitto on {broker_url}")
+        else:
+            port = free_port()
+            broker = await start_embedded(port)
+            broker_url = f"mqtt://127.0.0.1:{port}"
+            print(f"started the embedded broker on {broker_url}")
+    agent_cfg = runner.agent_config(sims, broker_url)
+    agent_cfg["http"] = {"enabled": False}
+    agent = Agent(config_mod.validate(agent_cfg))
+    agent_stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent.run(agent_stop))
+    view = LiveView(broker_url, f"{agent.topics.prefix}/{agent.node}/+/telemetry")
+    try:
+        if duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+        else:
+            await stop.wait()
+    finally:
+        view.close()
+        agent_stop.set()
+        await agent_task
+        for sim in sims:
+            sim.close()
+        if isinstance(broker, Mosquitto):
+            broker.stop()
+        elif broker is not None:
+            await broker.shutdown()
+
+
+class LiveView:
+    """Subscribes to the telemetry and prints each device's latest readings."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        host, port, _ = parse_url(url)
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"edge-agent-demo-{time.time_ns()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        print(f"live telemetry from {topic} (Ctrl-C to stop)", flush=True)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        body = json.loads(message.payload)
+        values = "  ".join(
+            f"{r['metric']}={_fmt(r['value'])}{' ' + r['unit'] if r.get('unit') else ''}"
+            + ("" if r["quality"] == "good" else f"({r['quality']})")
+            for r in body["readings"])
+        print(f"{body['device']:<10} seq={body['seq']:<5} {values}", flush=True)
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

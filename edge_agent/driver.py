@@ -1,0 +1,75 @@
+"""The driver interface: a small hook per protocol, everything else done once in the core.
+
+A driver connects, then either answers `poll()` (the core owns the schedule) or yields from
+`stream()` (the device talks on its own). Reconnect, backoff, status, normalisation and
+publishing are the runtime's, so drivers stay small and never see MQTT, topics or units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from edge_agent.config import DeviceConfig
+from edge_agent.model import PointSpec, Sample
+
+T = TypeVar("T")
+
+
+class Driver:
+    """Base class of every device driver.
+
+    Subclasses set `config_model` to their pydantic model (a DeviceConfig subclass that forbids
+    unknown keys) and implement `connect`, `close` and one of `poll` or `stream`.
+    """
+
+    config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
+    #: True for drivers whose devices yield readings unasked (NMEA, streaming instruments).
+    streaming: ClassVar[bool] = False
+    #: True where several devices may share one port (Modbus units on one RS-485 line).
+    shares_port: ClassVar[bool] = False
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+
+    def points(self) -> list[PointSpec]:
+        """The metrics this device produces, with how the core normalises each."""
+        return []
+
+    async def connect(self) -> None:
+        """Opens the transport; raises DeviceError when the device cannot be reached."""
+
+    async def close(self) -> None:
+        """Releases the transport; must be safe to call when not connected."""
+
+    async def poll(self) -> Sample:
+        """Reads every point once. Raises DeviceError when the device fails to answer."""
+        raise NotImplementedError
+
+    def stream(self) -> AsyncIterator[Sample]:
+        """Yields samples as the device sends them, until the transport fails."""
+        raise NotImplementedError
+
+    async def write(self, metric: str, value: Any) -> None:
+        """Writes a raw (already unscaled) value to a writable point."""
+        raise NotImplementedError(f"driver '{self.config.driver}' does not support writes")
+
+
+class BlockingDriver(Driver):
+    """For drivers built on blocking libraries (pyusb, blocking serial reads).
+
+    Each device gets one thread of its own, so a stuck read never stalls the event loop or
+    another device, and calls into the library are never concurrent for one device.
+    """
+
+    def __init__(self, config: DeviceConfig) -> None:
+        super().__init__(config)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"dev-{config.name}")
+
+    async def in_thread(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
+
+    async def close(self) -> None:
+        await super().close()

@@ -1,0 +1,1 @@
+"""Device simulators: stand-ins reached through the same transports as real devices."""

@@ -1,0 +1,119 @@
+"""Starts the simulators of a spec and says where a driver reaches each one."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
+from edge_agent_simulators.spec import DeviceSpec, SimSpec
+from edge_agent_simulators.waves import Wave
+
+
+@dataclass
+class Running:
+    """A started simulator: where it listens and the agent device config that reaches it."""
+
+    name: str
+    where: str
+    device_config: dict[str, Any]
+    handle: Any = None
+    units: dict[int, Unit] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+Starter = Callable[[DeviceSpec, dict[str, Running]], Awaitable[Running]]
+
+
+def _units(spec: DeviceSpec) -> dict[int, Unit]:
+    units = {}
+    for u in spec.units:
+        registers = [Register(r.table, r.address, r.type, r.order, _scaled_wave(r), r.length)
+                     for r in u.registers]
+        units[u.unit] = Unit(u.unit, registers, Faults.from_spec(u.faults))
+    return units
+
+
+def _scaled_wave(register: Any) -> Wave:
+    """The spec gives engineering values; the device holds raw = value / scale."""
+    wave = Wave(register.value)
+    if register.scale != 1.0:
+        inner = wave.value
+        wave.value = lambda: inner() / register.scale  # type: ignore[method-assign]
+    return wave
+
+
+def _points(spec: DeviceSpec, unit_id: int) -> list[dict[str, Any]]:
+    points = []
+    for u in spec.units:
+        if u.unit != unit_id:
+            continue
+        for r in u.registers:
+            point: dict[str, Any] = {"name": r.name, "table": r.table, "address": r.address,
+                                     "type": r.type}
+            if r.order != "ABCD":
+                point["order"] = r.order
+            if r.type == "string":
+                point["length"] = r.length
+            if r.scale != 1.0:
+                point["scale"] = r.scale
+            if r.unit:
+                point["unit"] = r.unit
+            if r.writable:
+                point["writable"] = True
+            points.append(point)
+    return points
+
+
+async def start_modbus_tcp(spec: DeviceSpec, running: dict[str, Running]) -> Running:
+    units = _units(spec)
+    host, _, port = spec.listen.rpartition(":")
+    server = await ModbusSimulator(units, "socket").serve_tcp(host, int(port))
+    bound = server.sockets[0].getsockname()[1]
+    first = next(iter(units))
+    config = {"name": spec.name, "driver": "modbus", "port": f"tcp://{host}:{bound}",
+              "unit": first, "interval": spec.interval, "points": _points(spec, first)}
+    return Running(spec.name, f"tcp://{host}:{bound}", config, server, units)
+
+
+async def start_modbus_serial(spec: DeviceSpec, running: dict[str, Running]) -> Running:
+    units = _units(spec)
+    framing = "ascii" if spec.kind == "modbus-ascii" else "rtu"
+    if spec.shares_port_with:  # another unit on the same RS-485 line
+        owner = running[spec.shares_port_with]
+        owner.units.update(units)
+        endpoint, path = None, owner.where
+    else:
+        endpoint = PtyEndpoint(ModbusSimulator(units, framing))
+        path = endpoint.path
+    first = next(iter(units))
+    config = {"name": spec.name, "driver": "modbus", "port": path, "unit": first,
+              "baudrate": 9600, "interval": spec.interval, "points": _points(spec, first)}
+    if framing == "ascii":
+        config["framer"] = "ascii"
+    return Running(spec.name, path, config, endpoint, units)
+
+
+STARTERS: dict[str, Starter] = {
+    "modbus-tcp": start_modbus_tcp,
+    "modbus-rtu": start_modbus_serial,
+    "modbus-ascii": start_modbus_serial,
+}
+
+
+async def start(spec: SimSpec) -> list[Running]:
+    running: dict[str, Running] = {}
+    for device in spec.devices:
+        starter = STARTERS.get(device.kind)
+        if starter is None:
+            raise ValueError(f"simulator kind '{device.kind}' is not one of {', '.join(STARTERS)}")
+        running[device.name] = await starter(device, running)
+    return list(running.values())
+
+
+def agent_config(sims: list[Running], broker_url: str = "mqtt://127.0.0.1:1883") -> dict[str, Any]:
+    return {"mqtt": {"url": broker_url}, "devices": [s.device_config for s in sims]}

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real Mosquitto per test, simulators, the agent as a subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.broker import Mosquitto
+from tests.helpers import AgentProcess, SimulatorThread, Subscriber
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    broker = Mosquitto().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def subscriber(mosquitto: Mosquitto) -> Iterator[Subscriber]:
+    sub = Subscriber(mosquitto.port)
+    yield sub
+    sub.close()
+
+
+@pytest.fixture
+def simulators() -> Iterator[SimulatorThread]:
+    """The built-in default simulator set (boiler-1 on TCP, meter-1/2 on one RTU pty)."""
+    sims = SimulatorThread()
+    yield sims
+    sims.close()
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path) -> Iterator:
+    started: list[AgentProcess] = []
+
+    def start(config: dict, env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
+        agent = AgentProcess(config, tmp_path, env, name).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.process and agent.process.poll() is None:
+            agent.kill()
