@@ -22,7 +22,7 @@ OVERLAYS = sorted(p.name for p in (DEPLOY / "overlays").iterdir()
                   if (p / "kustomization.yaml").exists())
 
 
-def _in_ci() -> bool:
+def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
@@ -33,7 +33,7 @@ def find_tool(name: str) -> str:
     if found:
         return found
     message = f"{name} not found on PATH or in {venv}/bin; run: bash deploy/ci-tools.sh"
-    if _in_ci():
+    if in_ci():
         pytest.fail(message)
     pytest.skip(message)
 

@@ -1,0 +1,300 @@
+"""The Dockerfile's install steps work, proven without a container engine.
+
+No Docker engine runs here, so the image cannot be built. Instead this test builds the context
+the way `docker build` would (only what .dockerignore lets through), replays the build stage of
+the Dockerfile (its WORKDIR, COPY, ENV and RUN lines, the RUN commands verbatim except that
+/opt/venv and /src move into a temp dir), and then, as the image's numeric USER, runs the image's
+ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
+`edge-agent simulate` and a real Mosquitto, probing the paths the DaemonSet's probes use.
+What stays unproven: the runtime stage's apt packages (libusb, tini) and the base image itself.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _deploy_support import DEPLOY, REPO, agent_container, daemonsets, in_ci, render
+
+from edge_agent.broker import free_port
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+# ---- the Dockerfile, read ---------------------------------------------------------------------
+
+def instructions(stage: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of one stage, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    found: list[tuple[str, str]] = []
+    current = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        word, _, rest = line.strip().partition(" ")
+        if word.upper() == "FROM":
+            current = rest.split(" AS ")[-1].strip()
+            continue
+        if current == stage:
+            found.append((word.upper(), rest.strip()))
+    assert found, f"no stage {stage} in the Dockerfile"
+    return found
+
+
+def dockerignored(context: Path) -> list[Path]:
+    """The files `docker build` sends: .dockerignore's patterns, the last match winning."""
+    patterns = [p.strip() for p in (context / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    kept = []
+    for path in sorted(context.rglob("*")):
+        if not path.is_file() or ".git" in path.relative_to(context).parts:
+            continue
+        rel = path.relative_to(context).as_posix()
+        parents = [rel.rsplit("/", i)[0] for i in range(rel.count("/"), -1, -1)]
+        keep = True
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            pattern = pattern.lstrip("!").rstrip("/")
+            regex = fnmatch.translate(pattern).replace(".*", "[^/]*")
+            regex = regex.replace("[^/]*[^/]*/", "(.*/)?")  # ** matches any depth
+            if any(re.match(regex, p) for p in parents):
+                keep = negate
+        if keep:
+            kept.append(path)
+    return kept
+
+
+# ---- running as the image's user --------------------------------------------------------------
+
+def image_user() -> tuple[int, int]:
+    (user,) = [args for word, args in instructions("runtime") if word == "USER"]
+    uid, gid = (int(x) for x in user.split(":"))
+    return uid, gid
+
+
+def as_user(command: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return command  # already not root
+    setpriv = shutil.which("setpriv")
+    if not setpriv:
+        if in_ci():
+            pytest.fail("setpriv (util-linux) is needed to drop to the image's uid")
+        pytest.skip("setpriv (util-linux) is needed to drop to the image's uid")
+    uid, gid = image_user()
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *command]
+
+
+def python_for_the_image_user() -> str:
+    """A Python 3.11 (the image's minor) that the image's uid can execute.
+
+    The test's own interpreter may live under a home directory that uid cannot enter."""
+    for candidate in (sys.executable, "/usr/bin/python3.11", shutil.which("python3.11")):
+        if not candidate:
+            continue
+        done = subprocess.run(as_user([candidate, "-c", "import sys, venv, ensurepip;"
+                                       "print(sys.version_info[:2] == (3, 11))"]),
+                              capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() == "True":
+            return candidate
+    pytest.fail("no Python 3.11 with venv that a non-root user can run")
+
+
+# ---- the build --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="edge-agent-image-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def venv(image_root: Path) -> Path:
+    """Replays the Dockerfile's build stage into image_root; returns the venv's path."""
+    context = image_root / "context"
+    for path in dockerignored(REPO):
+        target = context / path.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    assert not (context / "tests").exists() and not (context / ".venv").exists()
+
+    python = python_for_the_image_user()
+
+    def mapped(text: str) -> str:
+        text = text.replace("/opt/venv", str(image_root / "opt/venv"))
+        return re.sub(r"(^|&& )python -m venv", rf"\g<1>{python} -m venv", text)
+
+    workdir = image_root
+    env = {"PATH": os.environ["PATH"], "HOME": str(image_root)}
+    for word, args in instructions("build"):
+        if word == "WORKDIR":
+            workdir = image_root / args.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif word == "ENV":
+            for assignment in shlex.split(args):
+                key, _, value = assignment.partition("=")
+                env[key] = value
+        elif word == "COPY":
+            *sources, dest = shlex.split(args)
+            for source in sources:
+                src, dst = context / source, workdir / dest
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                else:
+                    dst = dst / src.name if dest.endswith("/") else dst
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+        elif word == "RUN":
+            done = subprocess.run(["/bin/sh", "-c", mapped(args)], cwd=workdir, env=env,
+                                  capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"RUN {args}\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+        else:
+            pytest.fail(f"the test cannot replay {word}; teach it, or keep the build stage simple")
+    venv = image_root / "opt/venv"
+    for path in [image_root, *image_root.rglob("*")]:  # world-readable, as in an image layer
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+    return venv
+
+
+def entrypoint(venv: Path) -> list[str]:
+    """The image's ENTRYPOINT without tini (PID 1 here is the test), venv path mapped."""
+    (raw,) = [args for word, args in instructions("runtime") if word == "ENTRYPOINT"]
+    command = json.loads(raw)
+    assert command[:2] == ["/usr/bin/tini", "--"]
+    return [c.replace("/opt/venv", str(venv)) for c in command[2:]]
+
+
+def default_command() -> list[str]:
+    (raw,) = [args for word, args in instructions("runtime") if word == "CMD"]
+    return json.loads(raw)
+
+
+def runtime_env(image_root: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(image_root), "PYTHONUNBUFFERED": "1",
+            "NODE_NAME": "edge-node-7"}
+
+
+# ---- the tests --------------------------------------------------------------------------------
+
+# pip fetches the locked dependencies once for the module; allow for a slow registry.
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_build_stage_installs_a_working_console_script(venv: Path, image_root: Path) -> None:
+    assert (venv / "bin/edge-agent").exists()
+    assert not (venv / "bin/pip").exists(), "the build stage removes pip from the shipped venv"
+    done = subprocess.run(as_user([*entrypoint(venv), "--version"]), capture_output=True,
+                          text=True, timeout=60, env=runtime_env(image_root))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("edge-agent ")
+
+
+def test_installed_agent_accepts_the_shipped_configmap(venv: Path, image_root: Path) -> None:
+    objects = render(DEPLOY / "overlays" / "device-plugin")
+    configmap = next(o for o in objects if o["kind"] == "ConfigMap")
+    config = image_root / "configmap.yaml"
+    config.write_text(configmap["data"]["config.yaml"])
+    config.chmod(0o644)
+    done = subprocess.run(as_user([*entrypoint(venv), "check-config", str(config)]),
+                          capture_output=True, text=True, timeout=60, env=runtime_env(image_root))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def read_simulator_config(process: subprocess.Popen[str], timeout: float = 20) -> dict[str, Any]:
+    """`edge-agent simulate` prints comment lines, then the agent config and a blank line."""
+    text: list[str] = []
+    reader = threading.Thread(target=lambda: text.extend(iter(process.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    marker = "# agent config for these devices:\n"
+    while time.monotonic() < deadline:
+        joined = "".join(text)
+        if marker in joined and joined.split(marker, 1)[1].endswith("\n\n"):
+            return yaml.safe_load(joined.split(marker, 1)[1])
+        assert process.poll() is None, f"simulate exited: {joined}"
+        time.sleep(0.05)
+    pytest.fail(f"simulate printed no config in {timeout}s: {''.join(text)}")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_installed_agent_runs_against_a_simulator_as_the_image_user(
+        venv: Path, image_root: Path, mosquitto: Any, subscriber: Any) -> None:
+    env = runtime_env(image_root)
+    simulate = subprocess.Popen(
+        as_user([*entrypoint(venv), "simulate", "--broker", mosquitto.url]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    agent = None
+    try:
+        config = read_simulator_config(simulate)
+        data = image_root / "var-lib-edge-agent"  # the hostPath, owned by the image's uid
+        data.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(data, *image_user())
+        port = free_port()
+        config["buffer"] = {"path": str(data / "buffer.sqlite3")}
+        config["http"] = {"listen": f"127.0.0.1:{port}"}
+        config["shutdown_grace"] = 5
+        path = image_root / "agent.yaml"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o644)
+
+        command = default_command()
+        assert command[:2] == ["run", "-c"]
+        log = (image_root / "agent.log").open("w")
+        agent = subprocess.Popen(as_user([*entrypoint(venv), *command[:2], str(path)]),
+                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        # The DaemonSet's probes and scrape path, asked of the installed agent.
+        (ds, *_) = daemonsets(render(DEPLOY / "overlays" / "device-plugin"))
+        container = agent_container(ds)
+        paths = {container[p]["httpGet"]["path"]
+                 for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+        paths.add(ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"])
+        deadline = time.monotonic() + 30
+        pending = set(paths)
+        while pending and time.monotonic() < deadline:
+            assert agent.poll() is None, (image_root / "agent.log").read_text()
+            pending = {p for p in pending if http_get(f"http://127.0.0.1:{port}{p}")[0] != 200}
+            time.sleep(0.1)
+        log_text = (image_root / "agent.log").read_text()
+        assert not pending, f"not answering 200: {pending}\n{log_text}"
+        assert "edge_agent_" in http_get(f"http://127.0.0.1:{port}/metrics")[1]
+
+        device = config["devices"][0]["name"]
+        (message, *_) = subscriber.wait_for(f"edge-node-7/{device}/telemetry", timeout=20)
+        assert message["node"] == "edge-node-7" and message["readings"]
+
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=20) == 0, (image_root / "agent.log").read_text()
+        assert (data / "buffer.sqlite3").stat().st_uid == image_user()[0]
+    finally:
+        for process in (agent, simulate):
+            if process and process.poll() is None:
+                process.kill()
+                process.wait()
