@@ -7,6 +7,7 @@ the error still carries the full path (`devices[2].points[0].type`).
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,13 @@ class DeviceConfig(BaseModel):
 
 
 class AgentConfig(BaseSettings):
-    """The whole configuration. Environment variables win over the file."""
+    """The whole configuration. Environment variables win over the file.
+
+    pydantic-settings' own env source cannot index into lists (`EDGE_AGENT_DEVICES__0__PORT`)
+    and hands every value over as a string, which a `Literal[0, 1, 2]` rejects; so the env
+    overlay is applied to the file's data first (`overlay_env`), with YAML scalar typing, and
+    the settings sources are reduced to that merged input.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -142,7 +149,7 @@ class AgentConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        return (init_settings,)
 
     @model_validator(mode="after")
     def _unique_device_names(self) -> AgentConfig:
@@ -208,7 +215,47 @@ def resolve_config_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-def validate(data: dict[str, Any], *, strict_drivers: bool = True) -> AgentConfig:
+#: EDGE_AGENT_* variables that configure the process, not config keys
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "usb_sim"})
+
+
+def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """Applies `EDGE_AGENT_A__B__0__C=value` overrides onto the file's data.
+
+    Keys are case-insensitive; a number indexes a list; values are typed as YAML scalars
+    (`2` is an int, `true` a bool, `[a, b]` a list). Env wins over the file.
+    """
+    merged = copy.deepcopy(data)
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if not path[0] or path[0] in NOT_CONFIG_KEYS:
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        node: Any = merged
+        for index, key in enumerate(path):
+            last = index == len(path) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError([f"{name}: no list item {key} in the config"])
+                slot: Any = int(key)
+            else:
+                slot = key
+            if last:
+                node[slot] = value
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(slot), dict | list):
+                    node[slot] = {}
+                node = node[slot]
+    return merged
+
+
+def validate(data: dict[str, Any], *, strict_drivers: bool = True,
+             environ: dict[str, str] | None = None) -> AgentConfig:
     """Validates a config mapping; raises ConfigError listing every problem found.
 
     With `strict_drivers` a driver that cannot be loaded is a problem (check-config); without,
@@ -216,6 +263,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True) -> AgentConfi
     """
     from edge_agent import registry  # late: the registry imports this module's models
 
+    data = overlay_env(data, dict(os.environ) if environ is None else environ)
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:
@@ -232,7 +280,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True) -> AgentConfi
             typed.append(device)
             continue
         try:
-            typed.append(driver_cls.config_model.model_validate(device.model_dump()))
+            typed.append(driver_cls.config_model.model_validate(device.model_dump(exclude_unset=True)))
         except ValidationError as exc:
             problems.extend(format_problems(exc, where))
     if problems:
@@ -247,7 +295,7 @@ def load(path: Path, *, strict_drivers: bool = True) -> AgentConfig:
 
 def redacted(config: AgentConfig) -> dict[str, Any]:
     """The resolved config as plain data with anything secret-looking masked."""
-    return _redact(config.model_dump(mode="json"))
+    return _redact(config.model_dump(mode="json", serialize_as_any=True))
 
 
 def _redact(value: Any) -> Any:
