@@ -11,7 +11,6 @@ What stays unproven: the runtime stage's apt packages (libusb, tini) and the bas
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -57,27 +56,54 @@ def instructions(stage: str) -> list[tuple[str, str]]:
     return found
 
 
+def ignore_regex(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex: `**/` spans directories, `*` and `?` do not."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            out, i = out + pattern[i:end + 1], end + 1
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out + r"\Z")
+
+
 def dockerignored(context: Path) -> list[Path]:
     """The files `docker build` sends: .dockerignore's patterns, the last match winning."""
-    patterns = [p.strip() for p in (context / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    rules = []
+    for line in (context / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            negate = line.startswith("!")
+            rules.append((negate, ignore_regex(line.lstrip("!").rstrip("/"))))
     kept = []
     for path in sorted(context.rglob("*")):
         if not path.is_file() or ".git" in path.relative_to(context).parts:
             continue
         rel = path.relative_to(context).as_posix()
-        parents = [rel.rsplit("/", i)[0] for i in range(rel.count("/"), -1, -1)]
+        # A pattern matching a directory applies to everything under it.
+        prefixes = [rel.rsplit("/", i)[0] for i in range(rel.count("/"), -1, -1)]
         keep = True
-        for pattern in patterns:
-            negate = pattern.startswith("!")
-            pattern = pattern.lstrip("!").rstrip("/")
-            regex = fnmatch.translate(pattern).replace(".*", "[^/]*")
-            regex = regex.replace("[^/]*[^/]*/", "(.*/)?")  # ** matches any depth
-            if any(re.match(regex, p) for p in parents):
+        for negate, regex in rules:
+            if any(regex.match(p) for p in prefixes):
                 keep = negate
         if keep:
             kept.append(path)
     return kept
+
+
+def test_dockerignore_sends_only_what_the_build_copies() -> None:
+    sent = {p.relative_to(REPO).as_posix() for p in dockerignored(REPO)}
+    assert {"requirements.lock", "pyproject.toml", "edge_agent/__init__.py"} <= sent
+    assert not [p for p in sent if "__pycache__" in p or p.endswith(".pyc")]
+    tops = {p.split("/")[0] for p in sent}
+    assert tops <= {"requirements.lock", "pyproject.toml", "setup.py", "README.md",
+                    "edge_agent", "drivers", "simulators"}, tops
 
 
 # ---- running as the image's user --------------------------------------------------------------
