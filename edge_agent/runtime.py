@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ class DeviceRunner:
                  load_error: str | None = None) -> None:
         self.agent, self.config, self.driver = agent, config, driver
         self.state = DeviceState(config.name)
+        self.phase = 0.0  # fraction of the interval this device's polls are offset by
         self.load_error = load_error
         self.log = logs.get("edge_agent.device", device=config.name)
         self.normalizer = Normalizer(driver.points() if driver else [])
@@ -105,7 +107,11 @@ class DeviceRunner:
         interval = self.config.interval
         emit = self.agent.emit
         failures = 0
-        next_tick = loop.time()
+        # The first poll runs at once; later ones fall on this device's phase of the interval,
+        # so devices with the same interval are spread over it instead of all firing (and all
+        # queueing for the publisher) at the same instant.
+        anchor = self.agent.started + self.phase * interval
+        next_tick = None
         while True:
             try:
                 sample = await driver.poll()
@@ -122,8 +128,11 @@ class DeviceRunner:
                     self.set_status("connected")
                 self.state.polls += 1
                 emit(self, sample)
-            next_tick += interval
             now = loop.time()
+            if next_tick is None:
+                next_tick = anchor + (math.floor((now - anchor) / interval) + 1) * interval
+            else:
+                next_tick += interval
             if next_tick < now:  # overran: skip the missed ticks, keep the phase
                 missed = int((now - next_tick) / interval) + 1
                 next_tick += missed * interval
@@ -149,6 +158,7 @@ class Agent:
         self.publisher: MqttPublisher | None = None
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.started = 0.0  # loop time at start: the anchor of every device's poll phase
 
     def _make_runner(self, device: DeviceConfig) -> DeviceRunner:
         try:
@@ -196,12 +206,15 @@ class Agent:
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self.started = self._loop.time()
         config = self.config
         self.outbox = open_outbox(config.buffer, self.log)
         will = (self.topics.node_status, self.topics.node_status_payload("offline"))
         self.publisher = MqttPublisher(config.mqtt, client_id(self.node), self.outbox, will)
         self.publisher.on_connected.append(self._on_broker_connected)
         self.runners = {d.name: self._make_runner(d) for d in config.devices if d.enabled}
+        for index, runner in enumerate(self.runners.values()):
+            runner.phase = index / len(self.runners)
         self.log.info("agent_starting", devices=len(self.runners), broker=config.mqtt.urls)
         publisher_task = asyncio.create_task(self.publisher.run(), name="mqtt")
         device_tasks = [asyncio.create_task(r.run(), name=f"device-{n}")
