@@ -1,0 +1,1 @@
+"""USB devices through pyusb: HID input reports and vendor bulk endpoints, layout in config."""

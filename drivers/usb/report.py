@@ -1,0 +1,70 @@
+"""Decoding a USB report into readings: a pure codec, bytes in, readings out, no I/O.
+
+Each field is compiled once into a struct unpacker at a fixed offset, so decoding a report
+costs one struct call per field. A field the report is too short for is published as bad
+(value None), never as a stale or guessed value.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent_drivers.usb.config import UsbField
+
+from edge_agent.model import BAD, GOOD, Reading
+
+_CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",
+          "int64": "q", "uint64": "Q", "float32": "f", "float64": "d"}
+
+
+def field_size(field: UsbField) -> int:
+    if field.type == "string":
+        return field.length
+    if field.type == "bool":
+        return 1 if field.bit is None else (field.bit // 8) + 1
+    return struct.calcsize(_CODES[field.type])
+
+
+def _compile(field: UsbField) -> Callable[[bytes], Any]:
+    offset, size = field.offset, field_size(field)
+    if field.type == "string":
+        return lambda data: data[offset:offset + size].split(b"\x00", 1)[0].decode("latin-1")
+    if field.type == "bool":
+        if field.bit is None:
+            return lambda data: data[offset] != 0
+        bit = field.bit
+        order = field.endian
+        return lambda data: bool(int.from_bytes(data[offset:offset + size], order) >> bit & 1)
+    code = _CODES[field.type]
+    unpack_from = struct.Struct((">" if field.endian == "big" else "<") + code).unpack_from
+    if code == "f":
+        def float32(data: bytes) -> Any:
+            value = unpack_from(data, offset)[0]
+            return float(f"{value:.7g}") if math.isfinite(value) else None
+        return float32
+    if code == "d":
+        def float64(data: bytes) -> Any:
+            value = unpack_from(data, offset)[0]
+            return value if math.isfinite(value) else None
+        return float64
+    return lambda data: unpack_from(data, offset)[0]
+
+
+class ReportDecoder:
+    """Turns one report (bytes read from the IN endpoint) into one reading per field."""
+
+    def __init__(self, fields: list[UsbField]) -> None:
+        self._fields = [(f.name, f.offset + field_size(f), _compile(f)) for f in fields]
+        #: the shortest report that holds every field
+        self.min_length = max(end for _, end, _ in self._fields)
+
+    def decode(self, data: bytes) -> list[Reading]:
+        size = len(data)
+        out = []
+        for name, end, decode in self._fields:
+            value = decode(data) if end <= size else None
+            out.append(Reading(name, value, GOOD if value is not None else BAD))
+        return out
