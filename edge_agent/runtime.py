@@ -18,7 +18,7 @@ from edge_agent import logs, registry
 from edge_agent.backoff import Backoff
 from edge_agent.config import AgentConfig, DeviceConfig
 from edge_agent.driver import Driver
-from edge_agent.errors import DeviceError, DriverLoadError
+from edge_agent.errors import DeviceDisconnected, DeviceError, DriverLoadError
 from edge_agent.identity import client_id, node_name
 from edge_agent.model import Sample
 from edge_agent.mqtt import MqttPublisher
@@ -100,7 +100,8 @@ class DeviceRunner:
     def _report_failure(self, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
         self.log.warning("device_failed", error=text)
-        self.set_status("disconnected" if self.state.state == "connected" else "error", text)
+        gone = self.state.state == "connected" or isinstance(exc, DeviceDisconnected)
+        self.set_status("disconnected" if gone else "error", text)
 
     async def _poll(self, driver: Driver) -> None:
         loop = asyncio.get_running_loop()
@@ -115,6 +116,8 @@ class DeviceRunner:
         while True:
             try:
                 sample = await driver.poll()
+            except DeviceDisconnected:
+                raise  # the transport is gone (device unplugged): reconnect now, not in 3 polls
             except DeviceError as exc:
                 failures += 1
                 self.state.errors[exc.kind] += 1
