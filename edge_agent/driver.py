@@ -8,6 +8,7 @@ publishing are the runtime's, so drivers stay small and never see MQTT, topics o
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
@@ -33,6 +34,9 @@ class Driver:
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config
+        #: problems survived without failing a poll (a bad frame, a refused block), by kind;
+        #: the runtime counts these with the device's errors (`edge_agent_read_errors`)
+        self.errors: Counter[str] = Counter()
 
     def points(self) -> list[PointSpec]:
         """The metrics this device produces, with how the core normalises each."""

@@ -51,6 +51,8 @@ class DeviceRunner:
                  load_error: str | None = None) -> None:
         self.agent, self.config, self.driver = agent, config, driver
         self.state = DeviceState(config.name)
+        if driver is not None:  # one counter: what the driver survived and what failed polls
+            self.state.errors = driver.errors
         self.phase = 0.0  # fraction of the interval this device's polls are offset by
         self.load_error = load_error
         self.log = logs.get("edge_agent.device", device=config.name)

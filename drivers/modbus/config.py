@@ -15,6 +15,14 @@ ValueType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 BIT_TABLES = ("coil", "discrete")
 
+# A request costs a round trip: on RS-485 about 20 character times of framing, gaps and
+# turnaround before any data, against 2 per register, so reading across up to 10 unused
+# registers is cheaper than a second request. On TCP a round trip is worth far more than 64
+# bytes in the same segment. Either way a device that refuses the wider read (exception 02)
+# gets its reads split and the narrower layout is remembered (see driver.py).
+AUTO_GAP_SERIAL = 10
+AUTO_GAP_TCP = 32
+
 
 class ModbusPoint(PointConfig):
     table: Table = "holding"
@@ -48,10 +56,13 @@ class ModbusDevice(DeviceConfig):
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
     framer: Literal["rtu", "ascii", "socket"] | None = None  # default: socket for tcp://, else rtu
-    retries: int = Field(1, ge=0, le=10)
+    retries: int = Field(1, ge=0, le=10)  # further attempts after no answer or "busy" (06)
     max_registers: int = Field(125, ge=1, le=125)
     max_bits: int = Field(2000, ge=1, le=2000)
-    max_gap: int = Field(0, ge=0, le=100)  # unused registers a request may read across
+    # unused registers a request may read across; None: AUTO_GAP_SERIAL or AUTO_GAP_TCP
+    max_gap: int | None = Field(None, ge=0, le=100)
+    # silence kept between frames on a serial line, in seconds; None: 3.5 character times
+    frame_gap: float | None = Field(None, ge=0, le=1)
     points: list[ModbusPoint] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -68,3 +79,30 @@ class ModbusDevice(DeviceConfig):
     @property
     def is_tcp(self) -> bool:
         return self.port.startswith("tcp://")
+
+    @property
+    def framing(self) -> str:
+        return self.framer or ("socket" if self.is_tcp else "rtu")
+
+    @property
+    def gap_registers(self) -> int:
+        """How many unused registers one request may read across instead of making two."""
+        if self.max_gap is not None:
+            return self.max_gap
+        return AUTO_GAP_TCP if self.is_tcp else AUTO_GAP_SERIAL
+
+    @property
+    def silence(self) -> float:
+        """Seconds of silence to keep between frames on the line (RTU's t3.5)."""
+        if self.frame_gap is not None:
+            return self.frame_gap
+        if self.is_tcp or self.framing != "rtu":
+            return 0.0  # TCP has no line; ASCII frames are delimited by ':' and CR LF
+        if self.baudrate > 19200:
+            return 0.00175  # the serial-line spec fixes t3.5 at 1.75 ms above 19200 baud
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return 3.5 * bits / self.baudrate
+
+    def line_settings(self) -> tuple[object, ...]:
+        """What every device sharing this port must agree on."""
+        return (self.framing, self.baudrate, self.parity, self.stopbits, self.bytesize)

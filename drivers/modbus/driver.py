@@ -1,77 +1,40 @@
-"""The Modbus driver: sequences pymodbus requests for a device's read plan.
+"""The Modbus driver: sequences one unit's requests for its read plan over a shared `Bus`.
 
-Devices on the same serial port (several units on one RS-485 line) share one `Bus`, which
-owns the connection and serialises requests, so two units never talk over each other.
+What a poll promises:
+- every point gets a reading; a block the unit refused or did not answer yields `bad`
+  readings for its points while the other blocks still publish good values, and the cause
+  is counted in `errors` (exported per device by the runtime);
+- a unit that answers nothing at all in a poll makes the poll fail (DeviceTimeout or
+  ProtocolError), so the runtime marks the device and reconnects with backoff;
+- exception 02/03 on a multi-point block splits the block and remembers the narrower
+  layout; 06 (busy) is retried with backoff; other codes mark the block bad;
+- a unit that did not answer its last request gets a single attempt, no retries, and the
+  rest of that poll is not asked for: a dead unit costs its neighbours one timeout per poll.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+import struct
+from typing import Any
 
+from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
-from edge_agent_drivers.modbus.plan import plan
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from edge_agent_drivers.modbus.plan import plan, split
 
+from edge_agent import logs
 from edge_agent.decode import encode_value
 from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, WriteRefused
-from edge_agent.model import PointSpec, Sample, now_ms
+from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
+from edge_agent.model import PointSpec, Reading, Sample, now_ms
 
-_FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
+#: first wait before asking a busy (06) unit again; doubles per retry, capped at the timeout
+BUSY_BACKOFF = 0.05
+_SPLIT_CODES = (ExceptionResponse.ILLEGAL_ADDRESS, ExceptionResponse.ILLEGAL_VALUE)
 
-
-class ModbusException_(DeviceError):
-    """The device answered with a Modbus exception response."""
-
-    def __init__(self, code: int, function: str) -> None:
-        super().__init__(f"exception code {code:02d} on {function}")
-        self.code = code
-        self.kind = f"exception_{code:02d}"
-
-
-class Bus:
-    """One connection to one port, shared by every device configured on it."""
-
-    _open: ClassVar[dict[str, Bus]] = {}
-
-    def __init__(self, config: ModbusDevice) -> None:
-        self.key = config.port
-        self.lock = asyncio.Lock()
-        self.users = 0
-        framer = _FRAMERS[config.framer or ("socket" if config.is_tcp else "rtu")]
-        if config.is_tcp:
-            host, _, port = config.port.removeprefix("tcp://").rpartition(":")
-            self.client: Any = AsyncModbusTcpClient(
-                host or "127.0.0.1", port=int(port or 502), framer=framer,
-                timeout=config.timeout, retries=config.retries, reconnect_delay=0)
-        else:
-            self.client = AsyncModbusSerialClient(
-                config.port, framer=framer, baudrate=config.baudrate, parity=config.parity,
-                stopbits=config.stopbits, bytesize=config.bytesize, timeout=config.timeout,
-                retries=config.retries, reconnect_delay=0)
-
-    @classmethod
-    def attach(cls, config: ModbusDevice) -> Bus:
-        bus = cls._open.get(config.port)
-        if bus is None:
-            bus = cls._open[config.port] = cls(config)
-        bus.users += 1
-        return bus
-
-    def detach(self) -> None:
-        self.users -= 1
-        if self.users <= 0:
-            self._open.pop(self.key, None)
-            self.client.close()
-
-    async def ensure_connected(self) -> None:
-        async with self.lock:
-            if not self.client.connected and not await self.client.connect():
-                raise DeviceDisconnected(f"cannot open {self.key}")
+# Kept under its old name for code that caught it.
+ModbusException_ = ExceptionResponse
 
 
 class ModbusDriver(Driver):
@@ -82,9 +45,12 @@ class ModbusDriver(Driver):
         super().__init__(config)
         self.config: ModbusDevice = config
         self.blocks = [BlockDecoder(b) for b in plan(
-            config.points, config.max_registers, config.max_bits, config.max_gap)]
+            config.points, config.max_registers, config.max_bits, config.gap_registers)]
         self._points = {p.name: p for p in config.points}
         self._bus: Bus | None = None
+        self._answering = False  # the unit answered its last request: silences get retried
+        self._silent: DeviceError | None = None  # why the unit stopped answering this poll
+        self.log = logs.get("edge_agent.modbus", device=config.name)
 
     def points(self) -> list[PointSpec]:
         return [PointSpec(p.name, p.unit, p.scale, p.offset, p.writable, p.min, p.max)
@@ -100,62 +66,134 @@ class ModbusDriver(Driver):
             self._bus.detach()
             self._bus = None
 
+    # -- reading ---------------------------------------------------------------------------
     async def poll(self) -> Sample:
         bus = self._bus
-        if bus is None or not bus.client.connected:
+        if bus is None or not bus.connected:
             raise DeviceDisconnected("not connected")
-        readings = []
-        ts = now_ms()
-        async with bus.lock:
-            for decoder in self.blocks:
-                block = decoder.block
-                response = await self._request(bus, block.table, block.address, block.count)
-                values = response.bits if block.is_bits else response.registers
-                readings += decoder.decode(values)
+        self._silent = None
+        readings: list[Reading] = []
+        layout: list[BlockDecoder] = []
+        ts = 0
+        for decoder in self.blocks:
+            layout += await self._read(bus, decoder, readings)
+            if not ts and self._silent is None:
+                ts = now_ms()  # the first answer: when this sample was read
+        if not ts:
+            raise self._silent or DeviceError("no answer")  # nothing answered at all
+        if self._silent is not None:
+            self.errors[self._silent.kind] += 1
+        if len(layout) != len(self.blocks):
+            self.blocks = layout
         return Sample(ts, readings)
 
-    async def _request(self, bus: Bus, table: str, address: int, count: int) -> Any:
-        client, unit = bus.client, self.config.unit
+    async def _read(self, bus: Bus, decoder: BlockDecoder,
+                    readings: list[Reading]) -> list[BlockDecoder]:
+        """Reads one block into `readings`; returns the block(s) to use from now on."""
+        if self._silent is not None:
+            readings += decoder.failed()
+            return [decoder]
+        block = decoder.block
         try:
-            if table == "holding":
-                response = await client.read_holding_registers(address, count=count, device_id=unit)
-            elif table == "input":
-                response = await client.read_input_registers(address, count=count, device_id=unit)
-            elif table == "coil":
-                response = await client.read_coils(address, count=count, device_id=unit)
-            else:
-                response = await client.read_discrete_inputs(address, count=count, device_id=unit)
-        except ConnectionException as exc:
-            raise DeviceDisconnected(str(exc)) from None
-        except ModbusIOException as exc:
-            raise DeviceTimeout(f"no response from unit {unit}: {exc}") from None
-        except ModbusException as exc:
-            raise DeviceError(str(exc)) from None
-        if response.isError():
-            raise ModbusException_(getattr(response, "exception_code", 0), f"{table}@{address}")
-        return response
+            response = await self._request(bus, bus.readers[block.table], block.address,
+                                           count=block.count)
+        except ExceptionResponse as exc:
+            self.errors[exc.kind] += 1
+            parts = split(block) if exc.code in _SPLIT_CODES else [block]
+            if len(parts) == 1:
+                readings += decoder.failed()
+                return [decoder]
+            self.log.warning("read_split", table=block.table, address=block.address,
+                             count=block.count, code=exc.kind,
+                             into=[(p.address, p.count) for p in parts])
+            layout = []
+            for part in parts:
+                layout += await self._read(bus, BlockDecoder(part), readings)
+            return layout
+        except DeviceDisconnected:
+            raise
+        except DeviceError as exc:  # no (valid) answer: the unit is silent for this poll
+            self._silent = exc
+            readings += decoder.failed()
+            return [decoder]
+        readings += decoder.decode(response.bits if block.is_bits else response.registers)
+        return [decoder]
 
+    async def _request(self, bus: Bus, method: Any, address: int, **kwargs: Any) -> Any:
+        """One request with this unit's timeout and retries.
+
+        A silence is retried only while the unit is known to answer, so a unit that has
+        gone quiet costs one timeout, not (retries + 1). Busy (06) is retried with backoff.
+        Every failed attempt that is retried is counted here; the last one is the caller's.
+        """
+        config = self.config
+        timeout, unit = config.timeout, config.unit
+        left = config.retries
+        busy_wait = BUSY_BACKOFF
+        while True:
+            try:
+                response = await bus.call(method, address, timeout, device_id=unit, **kwargs)
+            except ExceptionResponse as exc:
+                self._answering = True
+                if exc.code != ExceptionResponse.BUSY or left <= 0:
+                    raise
+                left -= 1
+                self.errors[exc.kind] += 1
+                await asyncio.sleep(min(busy_wait, timeout))  # off the bus: others go on
+                busy_wait *= 2
+                continue
+            except DeviceDisconnected:
+                raise
+            except DeviceError as exc:
+                heard = isinstance(exc, ProtocolError)  # a garbled answer: someone is there
+                if not (heard or self._answering) or left <= 0:
+                    self._answering = heard
+                    raise
+                left -= 1
+                self.errors[exc.kind] += 1
+                continue
+            self._answering = True
+            return response
+
+    # -- writing (downlink) ----------------------------------------------------------------
     async def write(self, metric: str, value: Any) -> None:
+        """Writes a raw value: coils with FC05, one register with FC06, more with FC16.
+
+        A bool taken from one bit of a holding register is written by reading the register
+        and writing it back with only that bit changed.
+        """
         point: ModbusPoint | None = self._points.get(metric)
         if point is None or not point.writable:
             raise WriteRefused(f"point '{metric}' is not writable")
         if point.table not in ("holding", "coil"):
             raise WriteRefused(f"table '{point.table}' is read-only in Modbus")
         bus = self._bus
-        if bus is None or not bus.client.connected:
+        if bus is None or not bus.connected:
             raise DeviceDisconnected("not connected")
-        client, unit = bus.client, self.config.unit
-        async with bus.lock:
-            try:
-                if point.table == "coil":
-                    response = await client.write_coil(point.address, bool(value), device_id=unit)
-                else:
-                    data = encode_value(value, point.type, point.order, point.length)
-                    words = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
-                    response = await client.write_registers(point.address, words, device_id=unit)
-            except ModbusIOException as exc:
-                raise DeviceTimeout(str(exc)) from None
-            except ModbusException as exc:
-                raise DeviceError(str(exc)) from None
-        if response.isError():
-            raise ModbusException_(getattr(response, "exception_code", 0), f"write {metric}")
+        client = bus.client
+        if point.table == "coil":
+            await self._request(bus, client.write_coil, point.address, value=bool(value))
+            return
+        if point.type == "bool" and point.bit is not None:
+            response = await self._request(bus, client.read_holding_registers, point.address,
+                                           count=1)
+            mask = 1 << point.bit
+            word = response.registers[0]
+            word = word | mask if value else word & ~mask
+            await self._request(bus, client.write_register, point.address, value=word)
+            return
+        words = _words(value, point)
+        if len(words) == 1:
+            await self._request(bus, client.write_register, point.address, value=words[0])
+        else:
+            await self._request(bus, client.write_registers, point.address, values=words)
+
+
+def _words(value: Any, point: ModbusPoint) -> list[int]:
+    """The register words that hold `value` as the point's type and order."""
+    try:
+        data = encode_value(value, point.type, point.order, point.length)
+    except (struct.error, TypeError, ValueError, OverflowError) as exc:
+        raise WriteRefused(f"{value!r} does not fit point '{point.name}' ({point.type}): "
+                           f"{exc}") from None
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]

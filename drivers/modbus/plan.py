@@ -49,3 +49,29 @@ def plan(points: list[ModbusPoint], max_registers: int = 125, max_bits: int = 20
             block = Block(table, point.address, point.registers, [(index, point)])
             blocks.append(block)
     return blocks
+
+
+def split(block: Block) -> list[Block]:
+    """The block's points in two smaller blocks, for a device that refused the whole read.
+
+    Halving (rather than one request per point) finds a device's real limit or the hole it
+    refuses to read across in a few requests, and keeps the remembered layout small.
+    """
+    entries = sorted(block.points, key=lambda e: (e[1].address, e[1].registers))
+    # a cut before entry k is valid when no earlier value runs into it (overlapping points,
+    # e.g. several bits of one register, stay together); take the valid cut nearest the middle
+    cuts, end = [], 0
+    for k, (_, point) in enumerate(entries):
+        if k and point.address >= end:
+            cuts.append(k)
+        end = max(end, point.address + point.registers)
+    if not cuts:
+        return [block]
+    half = min(cuts, key=lambda k: abs(2 * k - len(entries)))
+    return [_block_of(block.table, entries[:half]), _block_of(block.table, entries[half:])]
+
+
+def _block_of(table: str, entries: list[tuple[int, ModbusPoint]]) -> Block:
+    start = entries[0][1].address
+    end = max(p.address + p.registers for _, p in entries)
+    return Block(table, start, end - start, list(entries))

@@ -1,0 +1,164 @@
+"""One owner per port: the connection, the request serialisation and the line's timing.
+
+Several units on one RS-485 line (or behind one TCP gateway) are several devices in the
+config but one `Bus`: it holds the pymodbus client, lets one request at a time onto the line,
+keeps the inter-frame silence that RTU needs, and applies each unit's own timeout. pymodbus
+retries nothing here (`retries=0`): the driver decides per unit whether a silence is worth a
+second attempt, so a dead unit costs its neighbours at most one timeout per request.
+
+pymodbus's async clients keep no silence between frames (pymodbus issue #2827: the
+maintainers leave it to the application), so the bus waits out t3.5 after every answer or
+timeout before the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import Any, ClassVar
+
+from edge_agent_drivers.modbus.config import ModbusDevice
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
+
+_FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
+#: requests without an answer after which pymodbus would drop a TCP connection on its own;
+#: the runtime decides about reconnects, and one dead unit must not cut off its neighbours
+_NEVER_GIVE_UP = 1 << 30
+
+
+class ExceptionResponse(DeviceError):
+    """The unit answered with a Modbus exception response (it is alive, it refused)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_ADDRESS = 0x02
+    ILLEGAL_VALUE = 0x03
+    BUSY = 0x06
+
+    def __init__(self, code: int, what: str) -> None:
+        super().__init__(f"exception {code:02X} ({_NAMES.get(code, 'unknown')}) on {what}")
+        self.code = code
+        self.kind = f"exception_{code:02X}"
+
+
+_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+          4: "server device failure", 5: "acknowledge", 6: "server device busy",
+          8: "memory parity error", 10: "gateway path unavailable",
+          11: "gateway target failed to respond"}
+
+
+class Bus:
+    """One connection to one port, shared by every device configured on it."""
+
+    _open: ClassVar[dict[str, Bus]] = {}
+
+    def __init__(self, config: ModbusDevice) -> None:
+        self.key = config.port
+        self.settings = config.line_settings()
+        self.silence = config.silence
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self._quiet_since = 0.0  # monotonic time the line last fell silent
+        self._heard = False  # bytes arrived during the current attempt
+        framer = _FRAMERS[config.framing]
+        if config.is_tcp:
+            host, _, port = config.port.removeprefix("tcp://").rpartition(":")
+            self.client: Any = AsyncModbusTcpClient(
+                host or "127.0.0.1", port=int(port or 502), framer=framer,
+                timeout=config.timeout, retries=0, reconnect_delay=0,
+                trace_packet=self._trace)
+        else:
+            self.client = AsyncModbusSerialClient(
+                config.port, framer=framer, baudrate=config.baudrate, parity=config.parity,
+                stopbits=config.stopbits, bytesize=config.bytesize, timeout=config.timeout,
+                retries=0, reconnect_delay=0, trace_packet=self._trace)
+        self.client.set_max_no_responses(_NEVER_GIVE_UP)
+        # pymodbus reads the answer timeout from here at every attempt; setting it per
+        # request (under the lock) is what gives each unit on the line its own timeout
+        self._params = self.client.ctx.comm_params
+        self.readers = {"holding": self.client.read_holding_registers,
+                        "input": self.client.read_input_registers,
+                        "coil": self.client.read_coils,
+                        "discrete": self.client.read_discrete_inputs}
+
+    @classmethod
+    def attach(cls, config: ModbusDevice) -> Bus:
+        bus = cls._open.get(config.port)
+        if bus is None:
+            bus = cls._open[config.port] = cls(config)
+        elif bus.settings != config.line_settings():
+            raise DeviceError(
+                f"{config.port} is already open as {_describe(bus.settings)} by another device; "
+                f"this one wants {_describe(config.line_settings())}")
+        bus.silence = max(bus.silence, config.silence)
+        bus.users += 1
+        return bus
+
+    def detach(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            if self._open.get(self.key) is self:
+                del self._open[self.key]
+            self.client.close()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.connected)
+
+    async def ensure_connected(self) -> None:
+        async with self.lock:
+            if not self.client.connected and not await self.client.connect():
+                raise DeviceDisconnected(f"cannot open {self.key}")
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self._heard = True
+        return data
+
+    async def call(self, method: Any, address: int, timeout: float, **kwargs: Any) -> Any:
+        """One request, one attempt, with the line to itself; the answer or a DeviceError.
+
+        No answer at all is a DeviceTimeout; bytes that never made a valid answer (a CRC or
+        LRC error, a truncated frame) are a ProtocolError; an exception response is an
+        ExceptionResponse carrying its code.
+        """
+        async with self.lock:
+            if self.silence:
+                wait = self._quiet_since + self.silence - monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if self._params.timeout_connect != timeout:
+                self._params.timeout_connect = timeout
+            self._heard = False
+            try:
+                response = await method(address, **kwargs)
+            except ConnectionException as exc:
+                raise DeviceDisconnected(str(exc)) from None
+            except ModbusIOException:
+                what = _what(method, address, kwargs)
+                if self._heard:
+                    raise ProtocolError(f"garbled answer (CRC/framing) to {what}") from None
+                raise DeviceTimeout(f"no answer to {what} within {timeout:g} s") from None
+            except ModbusException as exc:
+                raise DeviceError(f"{_what(method, address, kwargs)}: {exc}") from None
+            finally:
+                if self.silence:
+                    self._quiet_since = monotonic()
+        if response.isError():
+            raise ExceptionResponse(getattr(response, "exception_code", 0),
+                                    _what(method, address, kwargs))
+        return response
+
+
+def _what(method: Any, address: int, kwargs: dict[str, Any]) -> str:
+    """The request, for error messages (built only when there is an error)."""
+    name = getattr(method, "__name__", "request").replace("_", " ")
+    return f"{name} at {address} (unit {kwargs.get('device_id')})"
+
+
+def _describe(settings: tuple[object, ...]) -> str:
+    framing, baudrate, parity, stopbits, bytesize = settings
+    return f"{framing} {baudrate} {bytesize}{parity}{stopbits}"
