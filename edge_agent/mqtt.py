@@ -1,10 +1,22 @@
 """MQTT publishing with paho-mqtt 2.x: the outbox pump, the connection manager, failover.
 
-One network thread per connection attempt runs paho's `loop()`; publishes are written from
-the event loop thread directly (paho does that when no loop thread of its own runs), and
-acknowledgements come back to the event loop in batches. The publisher keeps at most
-`mqtt.inflight` messages handed to paho; everything else waits in the outbox, so an outage
-costs disk, not memory.
+Design, and why:
+- One paho client per connection (a *session*). Its network thread runs paho's `loop()` and
+  does all socket I/O: `publish()` from the event loop only queues the packet and wakes that
+  thread, because an SSL socket must not be read and written from two threads at once.
+- The in-flight window (`mqtt.inflight` messages handed to paho, not yet acknowledged) dies
+  with its session. The next session replays the outbox from its oldest row, in id order, so
+  delivery stays in order per device and the only duplicates are that window's messages.
+  (Letting paho re-send its own window on reconnect would race with new publishes and could
+  reorder them.)
+- Acknowledgements (PUBACK for QoS 1, PUBCOMP for QoS 2, "written" for QoS 0) come back to
+  the event loop in batches; only then are rows deleted from the outbox.
+- Backlog and live data share the window in id order: after an outage the backlog drains at
+  the broker's acknowledgement rate and new readings queue behind it on disk. That is the
+  only policy that keeps the contract's "in order per device"; polling itself never waits
+  for the broker (see docs/delivery.md for the figures).
+- Broker URLs are tried in order; a round that fails everywhere waits with exponential
+  backoff and jitter; after a lost connection the next round starts again at the first URL.
 """
 
 from __future__ import annotations
@@ -27,6 +39,11 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
 
+#: extra paho in-flight slots for retained status messages, so they never wait on telemetry
+STATE_HEADROOM = 16
+#: CONNACK reasons that mean the credentials are wrong (MQTT 3.1.1 and 5 names)
+AUTH_REFUSALS = ("Bad user name or password", "Not authorized", "Bad authentication method")
+
 
 def parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
@@ -34,89 +51,137 @@ def parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
 
 
+class _Session:
+    """One paho client and one connection; its in-flight window dies with it."""
+
+    def __init__(self, url: str, client: paho.Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.url, self.client = url, client
+        self.inflight: dict[int, int] = {}  # paho mid -> outbox row id
+        self.cursor = 0  # highest outbox id handed to this session
+        self.connack: asyncio.Future[Any] = loop.create_future()
+        self.ended = threading.Event()
+        self.problem: str | None = None  # last error paho reported (e.g. a late TLS alert)
+        self.rejected = 0
+
+
 class MqttPublisher:
     def __init__(self, config: MqttConfig, client_id: str, outbox: Outbox,
                  will: tuple[str, bytes]) -> None:
         self.config = config
+        self.client_id = client_id
         self.outbox = outbox
+        self.will = will
         self.log = logs.get("edge_agent.mqtt")
         self.connected = asyncio.Event()
         self.on_connected: list[Callable[[], None]] = []
         self.on_message: Callable[[str, bytes], None] | None = None
         self.subscriptions: list[str] = []
         self.published = 0
+        self.rejected = 0  # MQTT 5 PUBACKs with a failure reason: the broker will not take it
         self.last_error: str | None = None
+        self.url: str | None = None  # the broker currently connected to
         self._loop = asyncio.get_running_loop()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id
-        self._cursor = 0
-        self._acks: deque[int] = deque()
+        self._session: _Session | None = None
+        self._acks: deque[tuple[_Session, int, Any]] = deque()
         self._ack_scheduled = False
-        self._stop_session = threading.Event()
         self._stop_event = asyncio.Event()
         self._emptied = asyncio.Event()
         self._stopping = False
-        self._connack: asyncio.Future[Any] | None = None
-        self._client = self._make_client(client_id, will)
 
-    # -- client set-up -------------------------------------------------------------------
-    def _make_client(self, client_id: str, will: tuple[str, bytes]) -> paho.Client:
+    # -- client set-up (per session, so rotated passwords and certificates are picked up) --
+    def _make_client(self, tls: bool) -> paho.Client:
         cfg = self.config
         if cfg.protocol == "5":
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                  protocol=paho.MQTTv5)
         else:
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                  protocol=paho.MQTTv311, clean_session=True)
-        client.max_inflight_messages_set(cfg.inflight)
+        client.max_inflight_messages_set(cfg.inflight + STATE_HEADROOM)
         client.max_queued_messages_set(0)
-        client.will_set(will[0], will[1], qos=1, retain=True)
+        client.will_set(self.will[0], self.will[1], qos=1, retain=True)
         if cfg.username:
-            password = None
-            if cfg.password_file:
-                password = Path(cfg.password_file).read_text().rstrip("\r\n")
-            client.username_pw_set(cfg.username, password)
-        if any(parse_url(url)[2] for url in cfg.urls):
-            tls = cfg.tls
-            ca_file = str(tls.ca_file) if tls and tls.ca_file else None
-            context = ssl.create_default_context(cafile=ca_file)
-            if tls and tls.cert_file:
-                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-            if tls and tls.insecure:
-                context.check_hostname = False
-            client.tls_set_context(context)
+            client.username_pw_set(cfg.username, self._password())
+        if tls:
+            client.tls_set_context(self._tls_context())
+            if cfg.tls and cfg.tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_socket_register_write = _network_thread_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message_thread
+        client.on_log = self._on_log
         return client
 
+    def _password(self) -> str | None:
+        path = self.config.password_file
+        if path is None:
+            return None
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise _SetupError(f"cannot read mqtt.password_file {path}: "
+                              f"{exc.strerror or exc}") from None
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
+        try:
+            context = ssl.create_default_context(
+                cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise _SetupError(f"TLS setup failed: cannot load mqtt.tls.ca_file "
+                              f"{tls.ca_file if tls else ''}: {_ssl_text(exc)}") from None
+        if tls and tls.cert_file:
+            try:
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise _SetupError(f"TLS setup failed: cannot load mqtt.tls.cert_file/key_file "
+                                  f"{tls.cert_file}: {_ssl_text(exc)}") from None
+        if tls and tls.insecure:
+            context.check_hostname = False
+        return context
+
     # -- paho callbacks (network thread) -------------------------------------------------
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self._connack is not None:
-            self._loop.call_soon_threadsafe(_set_result, self._connack, reason_code)
+    def _on_connect(self, client, session, flags, reason_code, properties) -> None:
+        self._call_soon(_set_result, session.connack, reason_code)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._stop_session.set()
+    def _on_disconnect(self, client, session, flags, reason_code, properties) -> None:
+        if getattr(reason_code, "is_failure", False) and session.problem is None:
+            session.problem = f"broker disconnected: {reason_code}"
+        session.ended.set()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._acks.append(mid)
+    def _on_publish(self, client, session, mid, reason_code, properties) -> None:
+        self._acks.append((session, mid, reason_code))
         if not self._ack_scheduled:
             self._ack_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_acks)
+            self._call_soon(self._drain_acks)
 
     def _on_message_thread(self, client, userdata, message) -> None:
         if self.on_message is not None:
-            self._loop.call_soon_threadsafe(self.on_message, message.topic, message.payload)
+            self._call_soon(self.on_message, message.topic, message.payload)
+
+    def _on_log(self, client, session, level, text) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            session.problem = text
+
+    def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nothing left to tell
+            self._loop.call_soon_threadsafe(callback, *args)
 
     # -- event loop side -----------------------------------------------------------------
     def _drain_acks(self) -> None:
         self._ack_scheduled = False
         ids = []
-        acks, inflight = self._acks, self._inflight
+        acks = self._acks
         while acks:
-            row_id = inflight.pop(acks.popleft(), None)
-            if row_id is not None:
-                ids.append(row_id)
+            session, mid, reason = acks.popleft()
+            row_id = session.inflight.pop(mid, None)
+            if row_id is None:
+                continue
+            ids.append(row_id)
+            if getattr(reason, "is_failure", False):
+                self._rejected(session, reason)
         if ids:
             self.outbox.ack(ids)
             self.published += len(ids)
@@ -124,102 +189,132 @@ class MqttPublisher:
                 self._emptied.set()
         self.pump()
 
+    def _rejected(self, session: _Session, reason: Any) -> None:
+        """An MQTT 5 broker refused a message (e.g. not authorised for the topic): resending
+        it would be refused again, so it leaves the buffer, counted and logged."""
+        self.rejected += 1
+        session.rejected += 1
+        if session.rejected == 1:
+            self.log.error("mqtt_publish_rejected", url=session.url, reason=str(reason))
+
     def pump(self) -> None:
         """Hands outbox messages to paho while the in-flight window has room."""
-        if not self.connected.is_set():
+        session = self._session
+        if session is None or not self.connected.is_set():
             return
-        room = self.config.inflight - len(self._inflight)
+        room = self.config.inflight - len(session.inflight)
         if room <= 0:
             return
         qos = self.config.qos
-        publish = self._client.publish
-        for row in self.outbox.fetch(self._cursor, room):
-            info = publish(row.topic, row.payload, qos=qos)
-            self._inflight[info.mid] = row.id
-            self._cursor = row.id
+        publish = session.client.publish
+        inflight = session.inflight
+        for row in self.outbox.fetch(session.cursor, room):
+            inflight[publish(row.topic, row.payload, qos=qos).mid] = row.id
+            session.cursor = row.id
 
     def publish_state(self, topic: str, payload: bytes) -> paho.MQTTMessageInfo | None:
         """Publishes a retained state message (statuses); dropped while disconnected, since
         the current state is republished on every connect."""
-        if not self.connected.is_set():
+        session = self._session
+        if session is None or not self.connected.is_set():
             return None
-        return self._client.publish(topic, payload, qos=1, retain=True)
+        return session.client.publish(topic, payload, qos=1, retain=True)
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publishes a message outside the outbox (command results), if connected."""
-        if self.connected.is_set():
-            self._client.publish(topic, payload, qos=qos)
+        session = self._session
+        if session is not None and self.connected.is_set():
+            session.client.publish(topic, payload, qos=qos)
 
     async def run(self) -> None:
         """Connects, and reconnects through the URL list with backoff, until stopped."""
-        backoff = Backoff()
-        urls = self.config.urls
-        attempt = 0
+        backoff = Backoff(initial=0.5, maximum=self.config.reconnect_max)
         while not self._stopping:
-            url = urls[attempt % len(urls)]
-            host, port, _ = parse_url(url)
-            outcome = await self._session(url, host, port)
-            if self._stopping:
-                break
-            if outcome == "lost":
-                backoff.reset()
-                attempt = 0 if len(urls) == 1 else attempt
-            else:
-                attempt += 1
+            for url in self.config.urls:
+                problem = await self._session_run(url)
+                if self._stopping:
+                    return
+                if problem is None:  # was connected, then lost: start over at the first URL
+                    backoff.reset()
+                    break
             delay = backoff.next()
-            self.log.warning("mqtt_retry", url=url, problem=outcome, retry_in=round(delay, 2))
+            self.log.info("mqtt_retrying", retry_in=round(delay, 2), error=self.last_error)
             await self._sleep(delay)
 
-    async def _session(self, url: str, host: str, port: int) -> str:
-        """One connection, from connect to loss. Returns why it ended."""
-        self._stop_session.clear()
-        self._connack = self._loop.create_future()
-        client = self._client
+    async def _session_run(self, url: str) -> str | None:
+        """One connection to `url`, from connect to loss. Returns the failure, or None if it
+        was connected."""
+        host, port, tls = parse_url(url)
         try:
-            await self._loop.run_in_executor(None, client.connect, host, port,
-                                             self.config.keepalive)
+            client = self._make_client(tls)
+        except _SetupError as exc:
+            return self._fail(url, str(exc))
+        session = _Session(url, client, self._loop)
+        client.user_data_set(session)
+        try:
+            await self._loop.run_in_executor(None, self._connect, client, host, port)
+        except ssl.SSLCertVerificationError as exc:
+            return self._fail(url, f"TLS failure: certificate verify failed: "
+                              f"{exc.verify_message} (check mqtt.tls.ca_file and the "
+                              f"broker's certificate)")
         except ssl.SSLError as exc:
-            return self._fail(url, f"TLS failure: {exc.reason or exc}")
+            return self._fail(url, f"TLS failure: {_ssl_text(exc)}")
         except OSError as exc:
             return self._fail(url, f"cannot connect: {exc.strerror or exc}")
-        thread = threading.Thread(target=self._network, name="mqtt-network", daemon=True)
+        thread = threading.Thread(target=self._network, args=(session,),
+                                  name="mqtt-network", daemon=True)
         thread.start()
         try:
-            reason = await asyncio.wait_for(asyncio.shield(self._connack), self.config.keepalive)
+            reason = await asyncio.wait_for(asyncio.shield(session.connack),
+                                            self.config.keepalive)
         except TimeoutError:
             reason = None
         if reason is None or reason.is_failure:
-            self._stop_session.set()
+            session.ended.set()
             await self._loop.run_in_executor(None, thread.join)
-            text = "no CONNACK" if reason is None else f"broker refused the connection: {reason}"
-            return self._fail(url, text)
+            return self._fail(url, _refusal_text(reason, session.problem))
+        self._session, self.url = session, url
         self.last_error = None
-        self.log.info("mqtt_connected", url=url)
+        self.log.info("mqtt_connected", url=url, protocol=self.config.protocol,
+                      backlog=self.outbox.depth())
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
         for callback in self.on_connected:
             callback()
-        self._cursor = max(self._inflight.values(), default=self._cursor)
         self.pump()
         await self._loop.run_in_executor(None, thread.join)
         self.connected.clear()
+        self._session, self.url = None, None
         if not self._stopping:
-            self.last_error = "connection lost"
-            self.log.warning("mqtt_disconnected", url=url)
-        return "lost"
+            self.last_error = f"connection lost: {session.problem or 'closed by the broker'}"
+            self.log.warning("mqtt_disconnected", url=url, error=self.last_error,
+                             unacknowledged=len(session.inflight))
+        return None
+
+    def _connect(self, client: paho.Client, host: str, port: int) -> None:
+        if self.config.protocol == "5":
+            client.connect(host, port, self.config.keepalive, clean_start=True)
+        else:
+            client.connect(host, port, self.config.keepalive)
 
     def _fail(self, url: str, text: str) -> str:
         self.last_error = text
         self.log.error("mqtt_connect_failed", url=url, error=text)
         return text
 
-    def _network(self) -> None:
-        client = self._client
-        while not self._stop_session.is_set():
-            if client.loop(timeout=1.0) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break
-        self._stop_session.set()
+    def _network(self, session: _Session) -> None:
+        client = session.client
+        try:
+            while not session.ended.is_set():
+                rc = client.loop(timeout=1.0)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                        session.problem = paho.error_string(rc)
+                    break
+        finally:
+            session.ended.set()
+            self._call_soon(_set_result, session.connack, None)
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -234,15 +329,42 @@ class MqttPublisher:
         return not self.outbox.depth()
 
     async def stop(self, final: tuple[str, bytes] | None) -> None:
-        """Publishes the final (offline) state if connected, then disconnects."""
+        """Publishes the final (offline) state if connected, then disconnects cleanly (so
+        the broker does not send the will). Unacknowledged messages stay in the outbox."""
         self._stopping = True
         self._stop_event.set()
+        session = self._session
+        if session is None:
+            return
         if self.connected.is_set() and final is not None:
-            info = self._client.publish(final[0], final[1], qos=1, retain=True)
-            await self._loop.run_in_executor(None, info.wait_for_publish, 2.0)
-        if self.connected.is_set():
-            self._client.disconnect()
-        self._stop_session.set()
+            info = session.client.publish(final[0], final[1], qos=1, retain=True)
+            with contextlib.suppress(ValueError, RuntimeError):
+                await self._loop.run_in_executor(None, info.wait_for_publish, 2.0)
+        session.client.disconnect()
+        await self._loop.run_in_executor(None, session.ended.wait, 2.0)
+        session.ended.set()
+
+
+class _SetupError(Exception):
+    """The client cannot even be configured (unreadable password or certificate file)."""
+
+
+def _network_thread_writes(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's "register write" hook: with it set, `publish()` on the event loop thread only
+    queues and wakes the network thread instead of writing to the socket itself."""
+
+
+def _ssl_text(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+def _refusal_text(reason: Any, problem: str | None) -> str:
+    if reason is None:
+        return f"no CONNACK: {problem}" if problem else "no CONNACK from the broker"
+    text = f"broker refused the connection: {reason}"
+    if str(reason) in AUTH_REFUSALS:
+        return f"authentication failed: {text} (check mqtt.username and mqtt.password_file)"
+    return text
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:

@@ -9,10 +9,14 @@ the durable SQLite one lives in `edge_agent.buffer`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from edge_agent.config import BufferConfig
+
+#: a drop episode ends once the buffer is back below this share of max_bytes
+DROP_EPISODE_END = 0.9
 
 
 class Row(NamedTuple):
@@ -24,7 +28,10 @@ class Row(NamedTuple):
 
 
 class Outbox(Protocol):
+    #: messages dropped (oldest first) because max_bytes was reached, since start
     dropped: int
+    #: why the outbox is not durable although it should be (None when healthy); /readyz
+    degraded: str | None
 
     def next_seq(self, device: str) -> int:
         """Allocates the device's next telemetry seq (persisted by durable outboxes)."""
@@ -45,16 +52,47 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
+class DropEpisodes:
+    """Logs buffer overflow once per episode instead of once per dropped message.
+
+    An episode starts with the first drop and ends when acknowledgements have brought the
+    buffer back under 90 % of its limit; the end line carries the episode's count.
+    """
+
+    def __init__(self, log: Any, max_bytes: int) -> None:
+        self.log, self.max_bytes = log, max_bytes
+        self.in_episode = 0
+        self.active = False
+
+    def dropped(self, count: int, size: int) -> None:
+        if not self.active:
+            self.active = True
+            if self.log is not None:
+                self.log.warning("buffer_full_dropping_oldest", max_bytes=self.max_bytes,
+                                 size_bytes=size)
+        self.in_episode += count
+
+    def check(self, size: int) -> None:
+        if self.active and size < self.max_bytes * DROP_EPISODE_END:
+            if self.log is not None:
+                self.log.warning("buffer_drops_ended", dropped=self.in_episode, size_bytes=size)
+            self.active, self.in_episode = False, 0
+
+
 class MemoryOutbox:
     """Bounded in-memory outbox: survives broker outages, not agent restarts."""
 
-    def __init__(self, max_bytes: int, seqs: dict[str, int] | None = None) -> None:
+    degraded: str | None = None
+
+    def __init__(self, max_bytes: int, seqs: dict[str, int] | None = None,
+                 log: Any = None) -> None:
         self.max_bytes = max_bytes
         self.dropped = 0
         self._rows: OrderedDict[int, Row] = OrderedDict()
         self._bytes = 0
         self._last_id = 0
         self._seqs: dict[str, int] = dict(seqs or {})
+        self._episodes = DropEpisodes(log, max_bytes)
 
     def next_seq(self, device: str) -> int:
         seq = self._seqs.get(device, 0) + 1
@@ -65,18 +103,36 @@ class MemoryOutbox:
         self._last_id += 1
         self._rows[self._last_id] = Row(self._last_id, device, seq, topic, payload)
         self._bytes += len(payload)
+        if self._bytes > self.max_bytes:
+            self._drop_oldest()
+        return self._last_id
+
+    def restore(self, rows: Iterable[Row]) -> None:
+        """Takes over rows (with their ids) from a durable outbox that stopped working."""
+        for row in rows:
+            self._rows[row.id] = row
+            self._bytes += len(row.payload)
+            self._last_id = max(self._last_id, row.id)
+        if self._bytes > self.max_bytes:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        count = 0
         while self._bytes > self.max_bytes and len(self._rows) > 1:
             _, oldest = self._rows.popitem(last=False)
             self._bytes -= len(oldest.payload)
-            self.dropped += 1
-        return self._last_id
+            count += 1
+        self.dropped += count
+        self._episodes.dropped(count, self._bytes)
 
     def flush(self) -> None:
         pass
 
     def fetch(self, after_id: int, limit: int) -> list[Row]:
+        # Everything at or below the publisher's cursor is in flight or gone, so the rows
+        # skipped here are at most one in-flight window.
         out = []
-        for row_id, row in self._rows.items():  # ids are ascending; stop at the window
+        for row_id, row in self._rows.items():
             if row_id > after_id:
                 out.append(row)
                 if len(out) >= limit:
@@ -88,6 +144,7 @@ class MemoryOutbox:
             row = self._rows.pop(row_id, None)
             if row is not None:
                 self._bytes -= len(row.payload)
+        self._episodes.check(self._bytes)
 
     def depth(self) -> int:
         return len(self._rows)
@@ -102,7 +159,7 @@ class MemoryOutbox:
 def open_outbox(config: BufferConfig, log: Any) -> Outbox:
     """The durable SQLite outbox at `buffer.path`, else (no path) an in-memory one."""
     if config.path is None:
-        return MemoryOutbox(config.max_bytes)
+        return MemoryOutbox(config.max_bytes, log=log)
     from edge_agent.buffer import SqliteOutbox
 
     return SqliteOutbox(config.path, config.max_bytes, log=log)
