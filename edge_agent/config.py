@@ -59,6 +59,7 @@ class MqttConfig(Strict):
     tls: TlsConfig | None = None
     keepalive: int = Field(30, ge=5, le=3600)
     inflight: int = Field(64, ge=1, le=65535)
+    reconnect_max: float = Field(30.0, gt=0, le=3600)  # seconds; backoff ceiling between rounds
     sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
 
     @property
@@ -104,6 +105,32 @@ class PointConfig(Strict):
     writable: bool = False
     min: float | None = None
     max: float | None = None
+    # report-by-exception: publish only on a change beyond the deadband (a number, or "2%" of
+    # the last published value), and at least every `heartbeat` seconds (docs/operations.md)
+    deadband: float | str | None = None
+    heartbeat: float | None = Field(None, gt=0, le=86400)
+
+    @field_validator("deadband")
+    @classmethod
+    def _deadband_number_or_percent(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, str):  # "2%", or a number that came in as text (env)
+            text = value.strip()
+            try:
+                parsed = float(text.removesuffix("%"))
+            except ValueError:
+                parsed = -1.0
+            if not parsed >= 0:
+                raise ValueError(f"'{value}' is not a number or a percentage like '2%'")
+            return f"{parsed:g}%" if text.endswith("%") else parsed
+        if value is not None and not value >= 0:
+            raise ValueError("a deadband cannot be negative")
+        return value
+
+    def deadband_spec(self) -> tuple[float | None, bool]:
+        """(size, is_percent) as the normaliser wants it."""
+        if isinstance(self.deadband, str):
+            return float(self.deadband[:-1]), True
+        return self.deadband, False
 
 
 class DeviceConfig(BaseModel):
