@@ -1,0 +1,164 @@
+"""Turns one line of text into readings: by regex, by delimiter and column, or as JSON.
+
+Pure (text in, readings out), so every format is tested as a table and fuzzed directly.
+A line that cannot be read as a whole (no match, too few columns, broken JSON) raises
+LineError; a single field that does not convert is published as a bad reading while the rest
+of the line stays good, because one garbled column says nothing about the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from edge_agent_drivers.line.config import LineDevice, LineField
+
+from edge_agent.model import BAD, GOOD, UNCERTAIN, Reading
+
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+_RANK = {GOOD: 0, UNCERTAIN: 1, BAD: 2}
+
+
+class LineError(ValueError):
+    """The line as a whole could not be read; `kind` names why, for the fault counters."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"'{value}' is not a boolean")
+
+
+def to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{value} is not a whole number")
+        return int(value)
+    return int(value)
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return float(value)
+
+
+def to_string(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "float": to_float, "int": to_int, "bool": to_bool, "string": to_string}
+
+
+class _Field:
+    __slots__ = ("convert", "map", "metric", "source")
+
+    def __init__(self, field: LineField, source: Any) -> None:
+        self.metric, self.source, self.map = field.name, source, field.map
+        self.convert = _CONVERT[field.type]
+
+    def reading(self, raw: Any) -> Reading:
+        if raw is None:
+            return Reading(self.metric, None, BAD)
+        if isinstance(raw, str):
+            raw = raw.strip()
+        if self.map is not None:
+            key = raw if isinstance(raw, str) else json.dumps(raw)
+            if key not in self.map:
+                return Reading(self.metric, None, BAD)
+            raw = self.map[key]
+        try:
+            return Reading(self.metric, self.convert(raw), GOOD)
+        except (TypeError, ValueError, OverflowError):
+            return Reading(self.metric, None, BAD)
+
+
+class LineParser:
+    """Built once per device from its config; `parse(text)` per line."""
+
+    def __init__(self, config: LineDevice) -> None:
+        self.format = config.format
+        as_source = int if config.format == "delimited" else _json_path
+        if config.format == "regex":
+            as_source = str
+        self.fields = [_Field(f, as_source(f.where)) for f in config.fields]
+        self.rules = [(as_source(q.source), frozenset(q.good), q.otherwise)
+                      for q in config.quality]
+        self._pattern = re.compile(config.pattern) if config.pattern else None
+        self._ignore = re.compile(config.ignore) if config.ignore else None
+        self._delimiter = config.delimiter
+        self._columns = 1 + max(
+            [s for s in (f.source for f in self.fields) if isinstance(s, int)]
+            + [s for s, _, _ in self.rules if isinstance(s, int)], default=-1)
+
+    def ignored(self, text: str) -> bool:
+        return self._ignore is not None and self._ignore.search(text) is not None
+
+    def parse(self, text: str) -> list[Reading]:
+        """Readings of one line (terminator already removed). Raises LineError."""
+        values = self._extract(text)
+        readings = [f.reading(values(f.source)) for f in self.fields]
+        if self.rules:
+            quality = self._quality(values)
+            if quality != GOOD:
+                readings = [r if r.quality == BAD else r._replace(quality=quality)
+                            for r in readings]
+        return readings
+
+    def _quality(self, values: Callable[[Any], Any]) -> str:
+        worst = GOOD
+        for source, good, otherwise in self.rules:
+            raw = values(source)
+            shown = raw.strip() if isinstance(raw, str) else to_string(raw)
+            if shown not in good and _RANK[otherwise] > _RANK[worst]:
+                worst = otherwise
+        return worst
+
+    def _extract(self, text: str) -> Callable[[Any], Any]:
+        if self.format == "regex":
+            match = self._pattern.search(text)  # type: ignore[union-attr]
+            if match is None:
+                raise LineError("no_match", "the line does not match the pattern")
+            return match.group
+        if self.format == "delimited":
+            columns = text.split(self._delimiter) if self._delimiter else text.split()
+            if len(columns) < self._columns:
+                raise LineError("columns", f"{len(columns)} columns, {self._columns} needed")
+            return columns.__getitem__
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise LineError("json", "not a JSON document") from None
+        if not isinstance(document, dict):
+            raise LineError("json", "not a JSON object")
+        return lambda path: _lookup(document, path)
+
+
+def _json_path(source: str | int) -> tuple[str, ...]:
+    return tuple(str(source).split("."))
+
+
+def _lookup(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = document
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value

@@ -1,0 +1,333 @@
+"""NMEA 0183 codec: sentences in, position readings out; sentences out for simulators. No I/O.
+
+Why not a parsing library: the six sentences read here need their framing (a `$`, an XOR
+checksum) and a table of field positions; pynmea2 and pynmeagps build an object per sentence
+with every field typed, which costs more CPU than the rest of the agent's path for the
+readings, and their error surfaces differ per sentence type. The field layouts below follow
+NMEA 0183 4.11 and accept the older 2.x layouts (no mode indicator, legacy VTG).
+
+Values are raw in NMEA's own units where NMEA has one: speed in knots (the driver declares the
+scale to m/s, so the core converts), altitude in metres, angles in degrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import reduce
+from operator import xor
+from typing import NamedTuple
+
+from edge_agent.model import GOOD, UNCERTAIN, Reading, Sample
+
+#: the sentence types decoded; others (GSV, TXT, proprietary $P...) are passed over
+SENTENCES = ("GGA", "RMC", "VTG", "GSA", "GLL", "ZDA")
+KNOTS_PER_KMH = 1 / 1.852
+_HEX = b"0123456789ABCDEFabcdef"
+
+
+class NmeaError(ValueError):
+    """A line that is not a usable sentence; `kind` names why, for the fault counters."""
+
+    kind = "parse"
+
+
+class ChecksumError(NmeaError):
+    kind = "checksum"
+
+
+class TruncatedError(NmeaError):
+    """The sentence ends before its checksum (lost bytes, a cut line)."""
+
+    kind = "truncated"
+
+
+class NoiseError(NmeaError):
+    """Bytes that are no sentence at all (line noise, a wrong baud rate)."""
+
+    kind = "noise"
+
+
+class Sentence(NamedTuple):
+    talker: str  # GP, GN, GL, GA, GB, BD, ...
+    type: str  # GGA, RMC, ...
+    fields: list[str]  # the data fields after the address field
+    noise: bool  # bytes preceded the `$` on this line (counted, the sentence is kept)
+
+
+def checksum(body: bytes) -> int:
+    """XOR of every byte between `$` and `*`."""
+    return reduce(xor, body, 0)
+
+
+def parse_sentence(line: bytes, require_checksum: bool = True) -> Sentence:
+    """Frames and checks one line. Raises NmeaError (or a subclass naming the fault).
+
+    If a sentence lost its end, the next one runs on in the same line: the last `$` starts
+    the sentence that counts, and whatever came before is reported through `noise`.
+    """
+    start = line.rfind(b"$")
+    if start < 0:
+        raise NoiseError("no '$' in the line")
+    end = line.find(b"*", start)
+    if end < 0:
+        if require_checksum:
+            raise TruncatedError("the sentence has no checksum")
+        body = line[start + 1:].rstrip()
+    else:
+        body = line[start + 1:end]
+        given = line[end + 1:end + 3]
+        if len(given) < 2 or given[0] not in _HEX or given[1] not in _HEX:
+            raise TruncatedError("the checksum is cut short")
+        if int(given, 16) != checksum(body):
+            raise ChecksumError(f"checksum {given.decode()} != {checksum(body):02X}")
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise NmeaError("non-ASCII bytes in the sentence") from None
+    address, _, rest = text.partition(",")
+    if len(address) != 5 or not address.isalnum():
+        raise NmeaError(f"'{address}' is not a talker and sentence type")
+    return Sentence(address[:2], address[2:], rest.split(","), start > 0)
+
+
+# -- fields ---------------------------------------------------------------------------------
+def parse_angle(value: str, hemisphere: str, negative: str, positive: str,
+                limit: float) -> float | None:
+    """`ddmm.mmmm`/`dddmm.mmmm` and a hemisphere letter to signed decimal degrees."""
+    if not value:
+        return None
+    if hemisphere not in (negative, positive):
+        raise NmeaError(f"'{hemisphere}' is not {positive} or {negative}")
+    number = float(value)
+    degrees = int(number // 100)
+    minutes = number - degrees * 100
+    if not 0 <= minutes < 60 or degrees > limit:
+        raise NmeaError(f"'{value}' is not an angle")
+    angle = degrees + minutes / 60
+    if angle > limit:
+        raise NmeaError(f"'{value}' is out of range")
+    return -angle if hemisphere == negative else angle
+
+
+def parse_latitude(value: str, hemisphere: str) -> float | None:
+    return parse_angle(value, hemisphere, "S", "N", 90)
+
+
+def parse_longitude(value: str, hemisphere: str) -> float | None:
+    return parse_angle(value, hemisphere, "W", "E", 180)
+
+
+def parse_time(value: str) -> int | None:
+    """`hhmmss.ss` to milliseconds of the UTC day."""
+    if not value:
+        return None
+    if len(value) < 6 or not value[:6].isdigit():
+        raise NmeaError(f"'{value}' is not hhmmss")
+    hours, minutes, seconds = int(value[:2]), int(value[2:4]), float(value[4:])
+    if hours > 23 or minutes > 59 or seconds >= 61:
+        raise NmeaError(f"'{value}' is not a time of day")
+    return (hours * 3600 + minutes * 60) * 1000 + round(seconds * 1000)
+
+
+def utc_ms(day: int, month: int, year: int, time_ms: int) -> int:
+    try:
+        midnight = datetime(year, month, day, tzinfo=UTC)
+    except ValueError:
+        raise NmeaError(f"{year}-{month}-{day} is not a date") from None
+    return int(midnight.timestamp()) * 1000 + time_ms
+
+
+def _number(value: str, convert: Callable[[str], float | int] = float) -> float | int | None:
+    return convert(value) if value else None
+
+
+# -- sentences to readings ------------------------------------------------------------------
+class Decoded(NamedTuple):
+    time_ms: int | None  # UTC time of day the sentence is about: its epoch; None if it has none
+    readings: list[Reading]
+
+
+def _add(out: list[Reading], metric: str, value: object, quality: str) -> None:
+    if value is not None:
+        out.append(Reading(metric, value, quality))
+
+
+def _field(fields: list[str], index: int) -> str:
+    return fields[index] if index < len(fields) else ""
+
+
+def _need(fields: list[str], count: int, kind: str) -> None:
+    if len(fields) < count:
+        raise TruncatedError(f"{kind} has {len(fields)} fields, at least {count} expected")
+
+
+def _gga(f: list[str]) -> Decoded:
+    _need(f, 9, "GGA")
+    fix = _number(f[5], int)
+    quality = GOOD if fix not in (0, 6, 7, 8) else UNCERTAIN  # 6 dead reckoning, 7 manual, 8 sim
+    out: list[Reading] = []
+    _add(out, "latitude", parse_latitude(f[1], f[2]), quality)
+    _add(out, "longitude", parse_longitude(f[3], f[4]), quality)
+    _add(out, "altitude", _number(f[8]), quality)
+    _add(out, "fix_quality", fix, GOOD)
+    _add(out, "satellites", _number(f[6], int), GOOD)
+    _add(out, "hdop", _number(f[7]), GOOD)
+    return Decoded(parse_time(f[0]), out)
+
+
+def _rmc(f: list[str]) -> Decoded:
+    _need(f, 9, "RMC")
+    valid = f[1] == "A" and _field(f, 11) not in ("N", "E")
+    quality = GOOD if valid else UNCERTAIN
+    time_ms = parse_time(f[0])
+    out: list[Reading] = []
+    _add(out, "latitude", parse_latitude(f[2], f[3]), quality)
+    _add(out, "longitude", parse_longitude(f[4], f[5]), quality)
+    _add(out, "speed", _number(f[6]), quality)
+    _add(out, "course", _number(f[7]), quality)
+    date = f[8]
+    if time_ms is not None and len(date) == 6 and date.isdigit():
+        year = 2000 + int(date[4:]) if int(date[4:]) < 80 else 1900 + int(date[4:])
+        _add(out, "gnss_time", utc_ms(int(date[:2]), int(date[2:4]), year, time_ms), GOOD)
+    return Decoded(time_ms, out)
+
+
+def _vtg(f: list[str]) -> Decoded:
+    if len(f) >= 8 and f[1] == "T":  # NMEA 2.3+: course,T,course,M,knots,N,km/h,K[,mode]
+        course, knots, kmh, mode = f[0], f[4], f[6], _field(f, 8)
+    else:  # NMEA 1.x/2.0: course true, course magnetic, knots, km/h
+        _need(f, 4, "VTG")
+        course, knots, kmh, mode = f[0], f[2], f[3], ""
+    quality = UNCERTAIN if mode in ("N", "E") else GOOD
+    speed = _number(knots)
+    if speed is None and kmh:
+        speed = float(kmh) * KNOTS_PER_KMH
+    out: list[Reading] = []
+    _add(out, "course", _number(course), quality)
+    _add(out, "speed", speed, quality)
+    return Decoded(None, out)
+
+
+def _gsa(f: list[str]) -> Decoded:
+    _need(f, 17, "GSA")
+    out: list[Reading] = []
+    _add(out, "fix_type", _number(f[1], int), GOOD)  # 1 none, 2 2D, 3 3D
+    _add(out, "pdop", _number(f[14]), GOOD)
+    _add(out, "hdop", _number(f[15]), GOOD)
+    _add(out, "vdop", _number(f[16]), GOOD)
+    return Decoded(None, out)
+
+
+def _gll(f: list[str]) -> Decoded:
+    _need(f, 4, "GLL")
+    valid = _field(f, 5) in ("A", "") and _field(f, 6) not in ("N", "E")
+    quality = GOOD if valid else UNCERTAIN
+    out: list[Reading] = []
+    _add(out, "latitude", parse_latitude(f[0], f[1]), quality)
+    _add(out, "longitude", parse_longitude(f[2], f[3]), quality)
+    return Decoded(parse_time(_field(f, 4)), out)
+
+
+def _zda(f: list[str]) -> Decoded:
+    _need(f, 4, "ZDA")
+    time_ms = parse_time(f[0])
+    out: list[Reading] = []
+    if time_ms is not None and f[1] and f[2] and f[3]:
+        _add(out, "gnss_time", utc_ms(int(f[1]), int(f[2]), int(f[3]), time_ms), GOOD)
+    return Decoded(time_ms, out)
+
+
+DECODERS: dict[str, Callable[[list[str]], Decoded]] = {
+    "GGA": _gga, "RMC": _rmc, "VTG": _vtg, "GSA": _gsa, "GLL": _gll, "ZDA": _zda}
+
+
+def decode(sentence: Sentence) -> Decoded | None:
+    """The readings of a checked sentence; None for types not decoded here."""
+    decoder = DECODERS.get(sentence.type)
+    if decoder is None:
+        return None
+    try:
+        return decoder(sentence.fields)
+    except NmeaError:
+        raise
+    except (ValueError, IndexError, OverflowError) as exc:
+        raise NmeaError(f"{sentence.type}: {exc}") from None
+
+
+# -- epochs ---------------------------------------------------------------------------------
+class EpochAssembler:
+    """Gathers the sentences of one fix epoch into one sample.
+
+    A receiver sends a burst of sentences per fix (e.g. RMC VTG GGA GSA GLL), all about the
+    same instant. The burst ends, and a sample is released, when a sentence carries another
+    UTC time, when a sentence type repeats (a receiver sends each once per epoch, except GSA:
+    one per constellation), or when the line falls silent (`flush()`, called by the driver
+    after `epoch_gap`). Later sentences of an epoch overwrite earlier values of a metric. The
+    sample's `ts` is when the epoch's first byte was read.
+    """
+
+    __slots__ = ("_seen", "_time", "_ts", "_values")
+
+    def __init__(self) -> None:
+        self._values: dict[str, Reading] = {}
+        self._seen: set[str] = set()
+        self._time: int | None = None
+        self._ts = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._values)
+
+    def add(self, sentence_type: str, decoded: Decoded, ts_ms: int) -> Sample | None:
+        """Adds one sentence; returns the previous epoch's sample if this one began a new one."""
+        done = None
+        time_ms = decoded.time_ms
+        if self._values and (
+                (time_ms is not None and self._time is not None and time_ms != self._time)
+                or (sentence_type in self._seen and sentence_type != "GSA")):
+            done = self.flush()
+        if not self._values and not self._seen:
+            self._ts = ts_ms
+        self._seen.add(sentence_type)
+        if time_ms is not None:
+            self._time = time_ms
+        values = self._values
+        for reading in decoded.readings:
+            values[reading.metric] = reading
+        return done
+
+    def flush(self) -> Sample | None:
+        values = self._values
+        self._seen = set()
+        self._time = None
+        if not values:
+            return None
+        self._values = {}
+        return Sample(self._ts, list(values.values()))
+
+
+# -- encoding (simulators, tests) -----------------------------------------------------------
+def format_sentence(talker: str, sentence_type: str, fields: list[str]) -> bytes:
+    body = f"{talker}{sentence_type},{','.join(fields)}".encode("ascii")
+    return b"$%s*%02X\r\n" % (body, checksum(body))
+
+
+def format_angle(angle: float, positive: str, negative: str, width: int,
+                 decimals: int = 5) -> tuple[str, str]:
+    """Signed decimal degrees to (`dddmm.mmmmm`, hemisphere)."""
+    magnitude = abs(angle)
+    degrees = int(magnitude)
+    minutes = round((magnitude - degrees) * 60, decimals)
+    if minutes >= 60:
+        degrees, minutes = degrees + 1, 0.0
+    text = f"{degrees:0{width}d}{minutes:0{3 + decimals}.{decimals}f}"
+    return text, negative if angle < 0 else positive
+
+
+def format_latitude(angle: float, decimals: int = 5) -> tuple[str, str]:
+    return format_angle(angle, "N", "S", 2, decimals)
+
+
+def format_longitude(angle: float, decimals: int = 5) -> tuple[str, str]:
+    return format_angle(angle, "E", "W", 3, decimals)

@@ -1,0 +1,121 @@
+"""The `nmea` driver: streams one sample per fix epoch from a GNSS receiver.
+
+Reads through the event loop (see edge_agent_drivers.line.transport for why not a thread).
+Sentences that fail a check are dropped and counted in `counters` by kind (`checksum`,
+`truncated`, `noise`, `parse`, `overflow`) and logged sparingly; the stream never fails on bad
+input, only on a lost port.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+
+from edge_agent_drivers.line.framing import LineSplitter
+from edge_agent_drivers.line.tally import FaultTally
+from edge_agent_drivers.line.transport import SerialTransport
+from edge_agent_drivers.nmea.codec import (
+    DECODERS,
+    EpochAssembler,
+    NmeaError,
+    decode,
+    parse_sentence,
+)
+from edge_agent_drivers.nmea.config import NmeaDevice
+
+from edge_agent import logs
+from edge_agent.driver import Driver
+from edge_agent.errors import DeviceDisconnected
+from edge_agent.model import PointSpec, Sample, now_ms
+
+#: longer than any sentence (82 by the standard; some receivers send ~120)
+MAX_SENTENCE = 512
+KNOTS_TO_METRES_PER_SECOND = 1852 / 3600
+
+POINTS = [
+    PointSpec("latitude", "deg"),
+    PointSpec("longitude", "deg"),
+    PointSpec("altitude", "m"),
+    PointSpec("speed", "m/s", scale=KNOTS_TO_METRES_PER_SECOND),  # NMEA gives knots
+    PointSpec("course", "deg"),
+    PointSpec("satellites"),
+    PointSpec("fix_quality"),
+    PointSpec("fix_type"),
+    PointSpec("hdop"),
+    PointSpec("pdop"),
+    PointSpec("vdop"),
+    PointSpec("gnss_time", "ms"),
+]
+
+
+class NmeaDriver(Driver):
+    config_model = NmeaDevice
+    streaming = True
+
+    def __init__(self, config: NmeaDevice) -> None:
+        super().__init__(config)
+        self.config: NmeaDevice = config
+        self.log = logs.get("edge_agent.driver.nmea", device=config.name)
+        #: sentences dropped since start, by kind; read by the runtime's metrics
+        self.counters = FaultTally(self.log, "nmea_sentence_dropped")
+        #: sentences decoded, by type (diagnostics: what the receiver actually sends)
+        self.sentences: Counter[str] = Counter()
+        self._types = frozenset(config.sentences or DECODERS)
+        self._talkers = frozenset(config.talkers) if config.talkers else None
+        self._transport: SerialTransport | None = None
+
+    def points(self) -> list[PointSpec]:
+        return POINTS
+
+    async def connect(self) -> None:
+        c = self.config
+        transport = SerialTransport(c.port, baudrate=c.baudrate, bytesize=c.bytesize,
+                                    parity=c.parity, stopbits=c.stopbits)
+        await transport.open()
+        self._transport = transport
+
+    async def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+    async def stream(self) -> AsyncIterator[Sample]:
+        transport = self._transport
+        if transport is None:
+            raise DeviceDisconnected("not connected")
+        splitter = LineSplitter(b"\n", MAX_SENTENCE)
+        epoch = EpochAssembler()
+        gap = self.config.epoch_gap or None
+        while True:
+            data = await transport.read(gap if epoch.pending else None)
+            if not data:  # the receiver fell silent: its epoch is complete
+                sample = epoch.flush()
+                if sample is not None:
+                    yield sample
+                continue
+            ts = now_ms()
+            for line in splitter.feed(data):
+                sample = self._add(epoch, line, ts)
+                if sample is not None:
+                    yield sample
+            if splitter.overflows:
+                for _ in range(splitter.overflows):
+                    self.counters.record("overflow", f"no line end within {MAX_SENTENCE}")
+                splitter.overflows = 0
+
+    def _add(self, epoch: EpochAssembler, line: bytes, ts: int) -> Sample | None:
+        try:
+            sentence = parse_sentence(line, self.config.require_checksum)
+            if sentence.noise:
+                self.counters.record("noise", "bytes before the sentence", line)
+            if sentence.type not in self._types or (
+                    self._talkers is not None and sentence.talker not in self._talkers):
+                return None
+            decoded = decode(sentence)
+        except NmeaError as exc:
+            self.counters.record(exc.kind, str(exc), line)
+            return None
+        if decoded is None:
+            return None
+        self.sentences[sentence.type] += 1
+        return epoch.add(sentence.type, decoded, ts)
