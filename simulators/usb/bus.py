@@ -47,6 +47,7 @@ class SimulatedBus:
     def __init__(self, directory: Path | None = None) -> None:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="edge-agent-usb-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.spec_path = self.directory / "usb-sim.yaml"
         self.entries: dict[str, dict[str, Any]] = {}
         self._write()
