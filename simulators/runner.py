@@ -6,8 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent_simulators.line import start_csv_sensor, start_scale
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
+from edge_agent_simulators.nmea import start_nmea
 from edge_agent_simulators.spec import DeviceSpec, SimSpec
+from edge_agent_simulators.usb.bus import start_usb
 from edge_agent_simulators.waves import Wave
 
 
@@ -102,6 +105,10 @@ STARTERS: dict[str, Starter] = {
     "modbus-tcp": start_modbus_tcp,
     "modbus-rtu": start_modbus_serial,
     "modbus-ascii": start_modbus_serial,
+    "nmea": start_nmea,
+    "scale": start_scale,
+    "csv-sensor": start_csv_sensor,
+    "usb": start_usb,
 }
 
 

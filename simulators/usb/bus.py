@@ -21,7 +21,7 @@ from edge_agent_simulators.usb.devices import MODELS
 # Agent config for each model: the report layout its simulated device produces.
 LAYOUTS: dict[str, dict[str, Any]] = {
     "thermo-hygrometer": {
-        "interface": 0, "endpoint": 0x81, "request": "01 80 33 01 00 00 00 00",
+        "interface": 0, "endpoint": "0x81", "request": "01 80 33 01 00 00 00 00",
         "fields": [
             {"name": "temperature", "offset": 2, "type": "int16", "endian": "big",
              "scale": 0.01, "unit": "Cel"},
@@ -29,7 +29,7 @@ LAYOUTS: dict[str, dict[str, Any]] = {
              "scale": 0.01, "unit": "%"},
         ]},
     "bulk-logger": {
-        "interface": 0, "endpoint": 0x82, "request": "a5 01",
+        "interface": 0, "endpoint": "0x82", "request": "a5 01",
         "fields": [
             {"name": "record", "offset": 0, "type": "uint32", "endian": "little"},
             {"name": "voltage", "offset": 4, "type": "float32", "endian": "little", "unit": "V"},
@@ -101,3 +101,29 @@ class SimulatedBus:
         else:
             for name in self.entries:
                 self.unplug(name)
+
+
+async def start_usb(spec: Any, running: dict[str, Any]) -> Any:
+    """The `usb` simulator kind of `edge-agent simulate`: keys `model` (thermo-hygrometer or
+    bulk-logger), `serial`, `bus`, `ports`, and the model's values (e.g. `temperature`).
+
+    All USB devices of one spec share one simulated bus (one spec file), so one pair of
+    environment variables, printed with each device, lets an agent see all of them.
+    """
+    from edge_agent_simulators.runner import Running  # late: the runner imports this module
+
+    options = dict(spec.model_extra or {})
+    model = options.pop("model", None)
+    if model is None:
+        raise ValueError(f"simulated USB device '{spec.name}' needs `model`: "
+                         f"one of {', '.join(MODELS)}")
+    owner = next((r for r in running.values() if isinstance(r.handle, SimulatedBus)), None)
+    bus = owner.handle if owner else SimulatedBus()
+    bus.add(spec.name, model, **options)
+    config = bus.device_config(spec.name, spec.interval)
+    env = " ".join(f"{key}={value}" for key, value in bus.env.items())
+    where = f"usb {config['vid'][2:]}:{config['pid'][2:]}"
+    if config.get("serial"):
+        where += f" serial {config['serial']}"
+    return Running(spec.name, f"{where} (agent env: {env})", config,
+                   None if owner else bus)
