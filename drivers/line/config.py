@@ -63,6 +63,7 @@ class QualityRule(Strict):
 class LineDevice(SerialDevice):
     mode: Literal["stream", "poll"] = "stream"
     command: str | None = None  # poll: written every interval, e.g. "SI\r\n"
+    setup: str | None = None  # written once after every connect, e.g. "SIR\r\n" (repeat)
     terminator: str = "\n"  # "\n" also accepts CR LF
     encoding: str = "ascii"
     format: Literal["regex", "delimited", "json"] = "delimited"
@@ -73,7 +74,7 @@ class LineDevice(SerialDevice):
     fields: list[LineField] = Field(min_length=1)
     quality: list[QualityRule] = Field(default_factory=list)
 
-    @field_validator("command", "terminator", "delimiter")
+    @field_validator("command", "setup", "terminator", "delimiter")
     @classmethod
     def _unescaped(cls, value: str | None) -> str | None:
         return None if value is None else unescape(value)

@@ -51,6 +51,8 @@ class LineDriver(Driver):
         await transport.open()
         self._transport = transport
         self._splitter.reset()
+        if self.config.setup:
+            transport.write(self.config.setup.encode(self.config.encoding))
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
