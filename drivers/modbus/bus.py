@@ -23,6 +23,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
+from edge_agent.ports import resolve_port
 
 _FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
 #: requests without an answer after which pymodbus would drop a TCP connection on its own;
@@ -72,7 +73,8 @@ class Bus:
                 trace_packet=self._trace)
         else:
             self.client = AsyncModbusSerialClient(
-                config.port, framer=framer, baudrate=config.baudrate, parity=config.parity,
+                resolve_port(config.port),  # usb:VID:PID[:SERIAL] -> today's tty, at every connect
+                framer=framer, baudrate=config.baudrate, parity=config.parity,
                 stopbits=config.stopbits, bytesize=config.bytesize, timeout=config.timeout,
                 retries=0, reconnect_delay=0, trace_packet=self._trace)
         self.client.set_max_no_responses(_NEVER_GIVE_UP)
