@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = commands.add_parser("demo", help="simulators + agent + broker + live view")
     demo.add_argument("-c", "--config", help="take the broker settings from this config")
+    demo.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                      help="without a configured broker: start Mosquitto if installed (auto), "
+                      "or the embedded one")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until stopped)")
     demo.set_defaults(func=_demo)
@@ -57,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def run_until_signalled(coroutine_factory) -> None:
-    """Runs `coroutine_factory(stop_event)`; SIGTERM and SIGINT set the event."""
+def run_until_signalled(coroutine_factory, on_hangup=None) -> None:
+    """Runs `coroutine_factory(stop_event)`; SIGTERM and SIGINT set the event, and SIGHUP
+    calls `on_hangup()` on the loop when given (the agent reloads its config)."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await coroutine_factory(stop)
 
     asyncio.run(runner())
@@ -78,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     path = config_mod.resolve_config_path(args.config)
     config = config_mod.load(path, strict_drivers=False)
     logs.configure(config.log_level, node_name(config.node))
-    run_until_signalled(lambda stop: Agent(config).run(stop))
+    agent = Agent(config, config_path=path)
+    run_until_signalled(agent.run, on_hangup=agent.request_reload)
     return 0
 
 
@@ -115,7 +122,7 @@ def _demo(args: argparse.Namespace) -> int:
         configured = config_mod.load(config_mod.resolve_config_path(args.config),
                                      strict_drivers=False)
         broker_url = configured.mqtt.urls[0]
-    run_until_signalled(lambda stop: demo(stop, broker_url, args.duration))
+    run_until_signalled(lambda stop: demo(stop, broker_url, args.duration, args.broker))
     return 0
 
 

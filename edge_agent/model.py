@@ -47,6 +47,13 @@ class PointSpec:
     minimum: float | None = None
     maximum: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: report-by-exception (see edge_agent.normalize): absolute size, or percent of the last
+    #: published value when `deadband_percent`; `heartbeat` in seconds
+    deadband: float | None = None
+    deadband_percent: bool = False
+    heartbeat: float | None = None
+    #: the raw value's type name (edge_agent.decode.TYPE_NAMES), where known: checks writes
+    value_type: str | None = None
 
 
 def now_ms() -> int:

@@ -75,7 +75,12 @@ class MqttPublisher:
         self.connected = asyncio.Event()
         self.on_connected: list[Callable[[], None]] = []
         self.on_message: Callable[[str, bytes], None] | None = None
+        #: called on the event loop with the outbox ids the broker acknowledged (latency)
+        self.on_acked: list[Callable[[list[int]], None]] = []
         self.subscriptions: list[str] = []
+        #: Sparkplug session (edge_agent.sparkplug): gives each connection its will and
+        #: encodes outbox rows at publish time; None publishes rows as stored (JSON)
+        self.encoder: Any = None
         self.published = 0
         self.rejected = 0  # MQTT 5 PUBACKs with a failure reason: the broker will not take it
         self.last_error: str | None = None
@@ -99,7 +104,10 @@ class MqttPublisher:
                                  protocol=paho.MQTTv311, clean_session=True)
         client.max_inflight_messages_set(cfg.inflight + STATE_HEADROOM)
         client.max_queued_messages_set(0)
-        client.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        if self.encoder is not None:  # Sparkplug NDEATH: a new bdSeq per connection
+            client.will_set(*self.encoder.will(), qos=1, retain=False)
+        else:
+            client.will_set(self.will[0], self.will[1], qos=1, retain=True)
         if cfg.username:
             client.username_pw_set(cfg.username, self._password())
         if tls:
@@ -158,7 +166,9 @@ class MqttPublisher:
             self._call_soon(self._drain_acks)
 
     def _on_message_thread(self, client, userdata, message) -> None:
-        if self.on_message is not None:
+        # A retained JSON `set` is a stale command left on the broker: never act on it.
+        # (Sparkplug STATE is retained by design and must get through.)
+        if self.on_message is not None and not (message.retain and "/set/" in message.topic):
             self._call_soon(self.on_message, message.topic, message.payload)
 
     def _on_log(self, client, session, level, text) -> None:
@@ -185,6 +195,8 @@ class MqttPublisher:
         if ids:
             self.outbox.ack(ids)
             self.published += len(ids)
+            for callback in self.on_acked:
+                callback(ids)
             if not self.outbox.depth():
                 self._emptied.set()
         self.pump()
@@ -205,12 +217,45 @@ class MqttPublisher:
         room = self.config.inflight - len(session.inflight)
         if room <= 0:
             return
+        if self.encoder is not None:
+            self._pump_encoded(session)
+            return
         qos = self.config.qos
         publish = session.client.publish
         inflight = session.inflight
         for row in self.outbox.fetch(session.cursor, room):
             inflight[publish(row.topic, row.payload, qos=qos).mid] = row.id
             session.cursor = row.id
+
+    def _pump_encoded(self, session: _Session) -> None:
+        """Sparkplug: rows are encoded as they are handed to paho, because seq belongs to
+        the connection. A row that encodes to nothing (no change to report) leaves at once."""
+        encoder = self.encoder
+        if not encoder.ready:  # births not yet published (e.g. waiting for the primary host)
+            return
+        publish, inflight = session.client.publish, session.inflight
+        while (room := self.config.inflight - len(inflight)) > 0:
+            rows = self.outbox.fetch(session.cursor, room)
+            skipped = []
+            for row in rows:
+                session.cursor = row.id
+                message = encoder.encode(row)
+                if message is None:
+                    skipped.append(row.id)
+                else:
+                    inflight[publish(message[0], message[1], qos=message[2]).mid] = row.id
+            if skipped:
+                self.outbox.ack(skipped)
+                if not self.outbox.depth():
+                    self._emptied.set()
+            if len(rows) < room or not skipped:
+                return
+
+    def disconnect(self) -> None:
+        """Ends the current connection on purpose; `run()` then connects again."""
+        session = self._session
+        if session is not None:
+            session.client.disconnect()
 
     def publish_state(self, topic: str, payload: bytes) -> paho.MQTTMessageInfo | None:
         """Publishes a retained state message (statuses); dropped while disconnected, since
