@@ -24,7 +24,7 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer + data if self._buffer else data
-        if self.terminator not in data:
+        if self.terminator not in buffer:  # the buffer: a CR LF may straddle two reads
             self._buffer = self._bounded(buffer)
             return []
         *lines, rest = buffer.split(self.terminator)

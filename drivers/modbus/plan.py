@@ -54,20 +54,33 @@ def plan(points: list[ModbusPoint], max_registers: int = 125, max_bits: int = 20
 def split(block: Block) -> list[Block]:
     """The block's points in two smaller blocks, for a device that refused the whole read.
 
-    Halving (rather than one request per point) finds a device's real limit or the hole it
-    refuses to read across in a few requests, and keeps the remembered layout small.
+    The cut is the one that makes the larger part smallest: at the widest hole when there
+    is one (the likely cause of exception 02), in the middle of the registers otherwise
+    (exception 03, a device reading fewer than 125 registers at once). Repeated halving
+    finds what the device accepts in a few requests and keeps the remembered layout small.
     """
     entries = sorted(block.points, key=lambda e: (e[1].address, e[1].registers))
-    # a cut before entry k is valid when no earlier value runs into it (overlapping points,
-    # e.g. several bits of one register, stay together); take the valid cut nearest the middle
-    cuts, end = [], 0
-    for k, (_, point) in enumerate(entries):
-        if k and point.address >= end:
-            cuts.append(k)
-        end = max(end, point.address + point.registers)
-    if not cuts:
+    ends = [p.address + p.registers for _, p in entries]
+    prefix_end, running = [], 0
+    for end in ends:
+        running = max(running, end)
+        prefix_end.append(running)
+    suffix_end = ends[:]
+    for k in range(len(ends) - 2, -1, -1):
+        suffix_end[k] = max(ends[k], suffix_end[k + 1])
+    start = entries[0][1].address
+    best: tuple[int, int, int] | None = None  # (larger span, distance from middle, cut)
+    for k in range(1, len(entries)):
+        cut_at = entries[k][1].address
+        if cut_at < prefix_end[k - 1]:
+            continue  # an earlier value runs into this one (several bits of one register)
+        larger = max(prefix_end[k - 1] - start, suffix_end[k] - cut_at)
+        candidate = (larger, abs(2 * k - len(entries)), k)
+        if best is None or candidate < best:
+            best = candidate
+    if best is None:
         return [block]
-    half = min(cuts, key=lambda k: abs(2 * k - len(entries)))
+    half = best[2]
     return [_block_of(block.table, entries[:half]), _block_of(block.table, entries[half:])]
 
 

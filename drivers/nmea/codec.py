@@ -99,9 +99,12 @@ def parse_angle(value: str, hemisphere: str, negative: str, positive: str,
         return None
     if hemisphere not in (negative, positive):
         raise NmeaError(f"'{hemisphere}' is not {positive} or {negative}")
-    number = float(value)
-    degrees = int(number // 100)
-    minutes = number - degrees * 100
+    dot = value.find(".")
+    split = (len(value) if dot < 0 else dot) - 2  # minutes are the two digits before the dot
+    whole = value[:split]
+    if split < 1 or not whole.isdigit():
+        raise NmeaError(f"'{value}' is not an angle")
+    degrees, minutes = int(whole), float(value[split:])
     if not 0 <= minutes < 60 or degrees > limit:
         raise NmeaError(f"'{value}' is not an angle")
     angle = degrees + minutes / 60
