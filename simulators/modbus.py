@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 import tty
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent_simulators.waves import Wave
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerAscii, FramerRTU, FramerSocket
-from pymodbus.pdu import DecodePDU
+from pymodbus.pdu import DecodePDU, ExceptionResponse
 
 from edge_agent.decode import encode_value, register_count
 
@@ -28,18 +30,27 @@ _FUNCTION_TABLES = {1: "coil", 5: "coil", 15: "coil", 2: "discrete",
 
 @dataclass
 class Faults:
-    """Per-unit fault injection; probabilities are per request."""
+    """Per-unit fault injection. Rates are probabilities per request (0..1).
 
-    no_response: float = 0.0
-    crc_error: float = 0.0
-    exception: int | None = None  # exception code to answer with...
-    exception_rate: float = 0.0  # ...with this probability
-    delay: float = 0.0  # seconds before answering
-    max_registers: int | None = None  # answer 03 (illegal value) to longer reads
+    All of it can be changed while the simulator runs (tests flip faults on and off).
+    """
+
+    no_response: float = 0.0  # say nothing, as a dead or unplugged unit does
+    crc_error: float = 0.0  # answer with a corrupted check (CRC for RTU, LRC for ASCII)
+    exception: int | None = None  # answer this exception code...
+    exception_rate: float = 1.0  # ...to this share of requests...
+    exception_count: int | None = None  # ...this many times (None: for ever)
+    delay: float = 0.0  # seconds before answering (answers late once above the timeout)
+    max_registers: int | None = None  # longer reads get exception 03 (illegal data value)
+    sparse: bool = False  # reads touching an address no register covers get exception 02
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | None) -> Faults:
-        return cls(**(spec or {}))
+        try:
+            return cls(**(spec or {}))
+        except TypeError as exc:  # an unknown key: say which keys there are
+            keys = ", ".join(cls.__dataclass_fields__)
+            raise ValueError(f"faults: {exc}; known keys: {keys}") from None
 
 
 @dataclass
@@ -61,7 +72,10 @@ class Unit:
     faults: Faults = field(default_factory=Faults)
     words: dict[str, dict[int, int]] = field(default_factory=lambda: {"holding": {}, "input": {}})
     bits: dict[str, dict[int, bool]] = field(default_factory=lambda: {"coil": {}, "discrete": {}})
-    requests: Counter[tuple[int, int, int]] = field(default_factory=Counter)  # (fc, addr, count)
+    #: every request the unit received, answered or not: (function code, address, count)
+    requests: Counter[tuple[int, int, int]] = field(default_factory=Counter)
+    #: what it did about them: "answered", "silent", "crc_error", "exception_XX", "late"
+    outcomes: Counter[str] = field(default_factory=Counter)
     written: dict[int, int] = field(default_factory=dict)
 
     def refresh(self) -> None:
@@ -82,6 +96,16 @@ class Unit:
         data = encode_value(value, type_name, order, length)
         for i in range(0, len(data), 2):
             self.words[table][address + i // 2] = int.from_bytes(data[i:i + 2], "big")
+
+    def mapped(self, table: str, address: int, count: int) -> bool:
+        """Whether every address of a read is covered by a declared register."""
+        covered = set()
+        for reg in self.registers:
+            if reg.table == table:
+                size = 1 if table in ("coil", "discrete") else register_count(reg.type,
+                                                                              reg.length)
+                covered.update(range(reg.address, reg.address + size))
+        return all(a in covered for a in range(address, address + count))
 
 
 def _signed(value: int, type_name: str) -> int:
@@ -104,9 +128,11 @@ class Context:
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if func_code in (1, 2, 3, 4):
-            unit.requests[(func_code, address, count)] += 1
-            if unit.faults.max_registers and count > unit.faults.max_registers:
+            faults = unit.faults
+            if faults.max_registers and count > faults.max_registers:
                 return ExcCodes.ILLEGAL_VALUE
+            if faults.sparse and not unit.mapped(table, address, count):
+                return ExcCodes.ILLEGAL_ADDRESS
         unit.refresh()
         if table in ("coil", "discrete"):
             store = unit.bits[table]
@@ -131,6 +157,9 @@ class Context:
         return None
 
 
+Send = Callable[[bytes], None]
+
+
 class ModbusSimulator:
     """Answers Modbus requests for a set of units over one byte stream."""
 
@@ -144,9 +173,12 @@ class ModbusSimulator:
         framers = {"socket": FramerSocket, "rtu": FramerRTU, "ascii": FramerAscii}
         return framers[self.framing](DecodePDU(is_server=True))
 
-    async def answer(self, framer: Any, buffer: bytearray) -> list[bytes]:
-        """Consumes complete frames from `buffer`; returns the frames to send back."""
-        replies = []
+    async def answer(self, framer: Any, buffer: bytearray, send: Send) -> None:
+        """Consumes complete frames from `buffer` and sends each unit's answer.
+
+        A slow unit's answer is sent later by a timer, so it does not hold up the others,
+        and arrives late (perhaps in the middle of another exchange) as a real one would.
+        """
         while buffer:
             try:
                 used, pdu = framer.handleFrame(bytes(buffer), 0, 0)
@@ -160,40 +192,54 @@ class ModbusSimulator:
                 continue
             unit = self.units.get(pdu.dev_id)
             if unit is None:
-                continue  # no such unit on the line: silence, like real hardware
+                continue  # no such unit on the line (or a broadcast): silence
             reply = await self._reply(framer, unit, pdu)
-            if reply is not None:
-                replies.append(reply)
-        return replies
+            if reply is None:
+                continue
+            if unit.faults.delay:
+                asyncio.get_running_loop().call_later(unit.faults.delay, send, reply)
+            else:
+                send(reply)
 
     async def _reply(self, framer: Any, unit: Unit, pdu: Any) -> bytes | None:
-        faults = unit.faults
-        if faults.delay:
-            await asyncio.sleep(faults.delay)
-        if faults.no_response and self.rng.random() < faults.no_response:
-            unit.requests[(pdu.function_code, -1, -1)] += 1
+        faults, rng = unit.faults, self.rng
+        unit.requests[(pdu.function_code, getattr(pdu, "address", 0),
+                       getattr(pdu, "count", 0))] += 1
+        if faults.no_response and rng.random() < faults.no_response:
+            unit.outcomes["silent"] += 1
             return None
-        if faults.exception and self.rng.random() < (faults.exception_rate or 1.0):
-            from pymodbus.pdu import ExceptionResponse
-
-            response = ExceptionResponse(pdu.function_code, faults.exception)
+        if (faults.exception and faults.exception_count != 0
+                and rng.random() < faults.exception_rate):
+            if faults.exception_count is not None:
+                faults.exception_count -= 1
+            response: Any = ExceptionResponse(pdu.function_code, faults.exception)
         else:
             response = await pdu.datastore_update(self.context, pdu.dev_id)
         response.dev_id, response.transaction_id = pdu.dev_id, pdu.transaction_id
+        if response.isError():
+            unit.outcomes[f"exception_{response.exception_code:02X}"] += 1
         frame = framer.buildFrame(response)
-        if faults.crc_error and self.rng.random() < faults.crc_error:
-            frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
+        if faults.crc_error and rng.random() < faults.crc_error:
+            unit.outcomes["crc_error"] += 1
+            frame = _corrupt_check(frame, self.framing)
+        else:
+            unit.outcomes["answered"] += 1
+        if faults.delay:
+            unit.outcomes["late"] += 1
         return frame
 
     # -- transports ----------------------------------------------------------------------
     async def serve_tcp(self, host: str, port: int) -> asyncio.Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             framer, buffer = self._framer(), bytearray()
+
+            def send(frame: bytes) -> None:
+                if not writer.is_closing():
+                    writer.write(frame)
             try:
                 while data := await reader.read(4096):
                     buffer += data
-                    for reply in await self.answer(framer, buffer):
-                        writer.write(reply)
+                    await self.answer(framer, buffer, send)
             except (ConnectionError, asyncio.CancelledError):
                 pass
             finally:
@@ -205,8 +251,20 @@ class ModbusSimulator:
         return PtyEndpoint(self)
 
 
+def _corrupt_check(frame: bytes, framing: str) -> bytes:
+    """The frame with a wrong check, still complete: RTU's CRC or ASCII's LRC is off."""
+    if framing == "ascii":  # ':' hex... LRC(2 hex) CR LF
+        digit = frame[-3:-2]
+        return frame[:-3] + (b"1" if digit == b"0" else b"0") + frame[-2:]
+    return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+
+
 class PtyEndpoint:
-    """A pseudo-terminal whose slave side is the 'serial port' a driver opens."""
+    """A pseudo-terminal whose slave side is the 'serial port' a driver opens.
+
+    It records the silence the master kept before each request (time from our last answer
+    to the request's first byte), so tests can check the inter-frame gap a driver keeps.
+    """
 
     def __init__(self, simulator: ModbusSimulator) -> None:
         self.simulator = simulator
@@ -216,7 +274,11 @@ class PtyEndpoint:
         os.set_blocking(self.master, False)
         self._framer = simulator._framer()
         self._buffer = bytearray()
+        self._last_sent = 0.0
+        self.silences: deque[float] = deque(maxlen=1000)
         self._loop = asyncio.get_running_loop()
+        self._pending = asyncio.Event()
+        self._task = self._loop.create_task(self._serve())
         self._loop.add_reader(self.master, self._readable)
 
     def _readable(self) -> None:
@@ -224,14 +286,27 @@ class PtyEndpoint:
             data = os.read(self.master, 4096)
         except OSError:
             return
+        if not self._buffer and self._last_sent:
+            self.silences.append(time.monotonic() - self._last_sent)
         self._buffer += data
-        self._loop.create_task(self._answer())
+        self._pending.set()
 
-    async def _answer(self) -> None:
-        for reply in await self.simulator.answer(self._framer, self._buffer):
-            os.write(self.master, reply)
+    async def _serve(self) -> None:
+        """One consumer in arrival order: frames split across reads are joined, not raced."""
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            await self.simulator.answer(self._framer, self._buffer, self._send)
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            os.write(self.master, frame)
+        except OSError:
+            return
+        self._last_sent = time.monotonic()
 
     def close(self) -> None:
+        self._task.cancel()
         self._loop.remove_reader(self.master)
         os.close(self.master)
         os.close(self._slave)
