@@ -405,6 +405,11 @@ def _ssl_text(exc: BaseException) -> str:
 
 def _refusal_text(reason: Any, problem: str | None) -> str:
     if reason is None:
+        if problem and "CERTIFICATE_REQUIRED" in problem:
+            return (f"TLS failure: the broker requires a client certificate (set "
+                    f"mqtt.tls.cert_file and key_file): {problem}")
+        if problem and "[SSL" in problem:
+            return f"TLS failure: {problem}"
         return f"no CONNACK: {problem}" if problem else "no CONNACK from the broker"
     text = f"broker refused the connection: {reason}"
     if str(reason) in AUTH_REFUSALS:
