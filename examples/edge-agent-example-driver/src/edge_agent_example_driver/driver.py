@@ -1,0 +1,47 @@
+"""A counter device: the whole driver contract in a few lines.
+
+`config_model` validates the device's own keys (the agent reports problems with their
+path), `points()` tells the core how to normalise each metric, and `poll()` returns raw
+values with the time they were read. Scheduling, reconnects, MQTT and units are the core's.
+"""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field
+
+from edge_agent.config import DeviceConfig
+from edge_agent.driver import Driver
+from edge_agent.errors import DeviceDisconnected
+from edge_agent.model import PointSpec, Reading, Sample, now_ms
+
+
+class CounterDevice(DeviceConfig):
+    model_config = ConfigDict(extra="forbid")  # a typo in a key is an error, not ignored
+
+    start: int = 0
+    step: int = Field(1, ge=1)
+    unit: str | None = None
+
+
+class CounterDriver(Driver):
+    config_model = CounterDevice
+
+    def __init__(self, config: CounterDevice) -> None:
+        super().__init__(config)
+        self.config: CounterDevice = config
+        self._next: int | None = None
+
+    def points(self) -> list[PointSpec]:
+        return [PointSpec("count", unit=self.config.unit)]
+
+    async def connect(self) -> None:
+        self._next = self.config.start
+
+    async def close(self) -> None:
+        self._next = None
+
+    async def poll(self) -> Sample:
+        if self._next is None:
+            raise DeviceDisconnected("not connected")
+        value, self._next = self._next, self._next + self.config.step
+        return Sample(now_ms(), [Reading("count", value)])
