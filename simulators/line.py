@@ -41,7 +41,7 @@ class PtyPort:
         self._on_line, self._terminator = on_line, terminator
         self._buffer = b""
         self.dropped = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: list[asyncio.Handle | None] = []
         if on_line is not None:
             self._loop.add_reader(self.master, self._readable)
 
@@ -68,17 +68,19 @@ class PtyPort:
 
     def every(self, period: float, tick: Callable[[], None]) -> None:
         """Calls `tick` every `period` seconds on a fixed schedule until closed."""
-        async def run() -> None:
-            next_at = self._loop.time()
-            while True:
-                tick()
-                next_at += period
-                await asyncio.sleep(max(0.0, next_at - self._loop.time()))
-        self._tasks.append(self._loop.create_task(run()))
+        slot = len(self._timers)
+        self._timers.append(None)
+
+        def run(due: float) -> None:
+            tick()
+            due += period
+            self._timers[slot] = self._loop.call_at(max(due, self._loop.time()), run, due)
+        self._timers[slot] = self._loop.call_soon(run, self._loop.time())
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        for timer in self._timers:
+            if timer is not None:
+                timer.cancel()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.master)
         for fd in (self.master, self._slave):
