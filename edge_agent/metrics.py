@@ -17,7 +17,6 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     InfoMetricFamily,
-    StateSetMetricFamily,
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
@@ -111,8 +110,9 @@ class _SnapshotCollector(Collector):
                                           labels=["device", "result"]),
             "connected": GaugeMetricFamily("edge_agent_device_connected",
                                            "1 while the device is connected", labels=["device"]),
-            "state": StateSetMetricFamily("edge_agent_device_state", "The device's state",
-                                          labels=["device"]),
+            "state": GaugeMetricFamily("edge_agent_device_state",
+                                       "1 for the device's current state, 0 for the others",
+                                       labels=["device", "state"]),
         }
         for device in devices:
             name = device["name"]
@@ -125,8 +125,8 @@ class _SnapshotCollector(Collector):
             for result, count in sorted(device["writes"].items()):
                 families["writes"].add_metric([name, result], count)
             families["connected"].add_metric([name], device["state"] == "connected")
-            families["state"].add_metric(
-                [name], {state: device["state"] == state for state in DEVICE_STATES})
+            for state in DEVICE_STATES:
+                families["state"].add_metric([name, state], device["state"] == state)
         yield from families.values()
 
 
