@@ -21,22 +21,10 @@ from typing import Any
 import serial
 
 from edge_agent.errors import DeviceDisconnected
+from edge_agent.ports import resolve_port
 
 #: received bytes held for a consumer that has fallen behind; past this the oldest go
 MAX_PENDING = 1 << 20
-
-
-def resolve_port(port: str) -> str:
-    """The path to open now: `usb:VID:PID[:SERIAL]` identities are resolved at every connect.
-
-    The resolver is the core's (edge_agent.ports); until it exists, ports are opened as given.
-    """
-    try:
-        from edge_agent import ports  # type: ignore[attr-defined]
-    except ImportError:
-        return port
-    resolve = getattr(ports, "resolve_port", None) or getattr(ports, "resolve", None)
-    return resolve(port) if resolve else port
 
 
 class SerialTransport:
@@ -58,7 +46,7 @@ class SerialTransport:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        path = resolve_port(self.port)
+        path = resolve_port(self.port)  # usb:VID:PID[:SERIAL] -> the tty it has now
         try:
             self._serial = serial.serial_for_url(path, timeout=0.2, **self._settings)
         except (serial.SerialException, OSError, ValueError) as exc:

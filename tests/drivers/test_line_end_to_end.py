@@ -101,3 +101,11 @@ def test_poll_answers_time_out_or_fail_cleanly_and_streaming_mode_is_set_up_by_c
             sensor.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_usb_identity_with_no_matching_port_is_a_disconnected_device_to_retry():
+    from edge_agent.errors import DeviceDisconnected
+
+    driver = LineDriver(line_device("usb:0403:6001:NOPE", mode="stream"))
+    with pytest.raises(DeviceDisconnected, match="usb:0403:6001"):
+        asyncio.run(driver.connect())
