@@ -237,6 +237,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.publisher: MqttPublisher | None = None
         self.downlink: JsonDownlink | None = None
+        self.sparkplug: Any = None  # edge_agent.sparkplug session with mqtt.format: sparkplug
         self.http: HttpServer | None = None
         self.metrics = AgentMetrics(self._snapshot_from_thread)
         self.reload_stats: dict[str, Any] = {"attempts": 0, "failures": 0, "last_ok": 1,
@@ -296,13 +297,17 @@ class Agent:
 
     # -- status --------------------------------------------------------------------------
     def publish_device_status(self, runner: DeviceRunner) -> None:
-        if self.publisher is not None:
+        if self.sparkplug is not None:  # DBIRTH / DDEATH instead of a JSON status
+            self.sparkplug.device_status(runner.state.name, runner.state.state)
+        elif self.publisher is not None:
             state = runner.state
             self.publisher.publish_state(
                 self.topics.device_status(state.name),
                 self.topics.device_status_payload(state.state, state.error))
 
     def _on_broker_connected(self) -> None:
+        if self.sparkplug is not None:
+            return  # the Sparkplug session publishes the births
         self.publisher.publish_state(self.topics.node_status,
                                      self.topics.node_status_payload("online"))
         for runner in self.runners.values():
@@ -385,6 +390,10 @@ class Agent:
             self.downlink = JsonDownlink(self, publisher.publish_now)
             publisher.subscriptions.append(self.topics.set_filter())
             publisher.on_message = self.downlink.on_message
+        else:
+            from edge_agent.sparkplug.bridge import attach
+
+            self.sparkplug = attach(self, publisher)
         self.publisher = publisher
         self._publisher_task = asyncio.create_task(publisher.run(), name="mqtt")
 
@@ -395,8 +404,11 @@ class Agent:
         if self.downlink is not None:
             await self.downlink.close()
             self.downlink = None
-        await publisher.stop((self.topics.node_status,
-                              self.topics.node_status_payload("offline")))
+        final = (self.topics.node_status, self.topics.node_status_payload("offline"))
+        if self.sparkplug is not None:  # NDEATH before the clean disconnect, no JSON status
+            self.sparkplug.shutdown()
+            final, self.sparkplug = None, None
+        await publisher.stop(final)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,6 @@
+"""Eclipse Sparkplug B 3.0 output (`mqtt.format: sparkplug`).
+
+`codec` builds payloads from the project's `sparkplug_b.proto` (generated `sparkplug_b_pb2`),
+`session` runs the edge node's rules (births, deaths, seq, bdSeq, aliases, commands, STATE),
+`bridge` attaches a session to the running agent. See docs/sparkplug.md.
+"""

@@ -1,0 +1,412 @@
+"""The Sparkplug B edge node session: births, deaths, seq, bdSeq, aliases, commands, STATE.
+
+The outbox keeps format-neutral telemetry (the JSON of `format: json`), because Sparkplug's
+seq belongs to an MQTT session and `is_historical` depends on when a value is published, not
+when it was read. The publisher therefore asks this session to `encode` each outbox row as it
+hands it to paho; the session turns it into a DDATA with the current seq and aliases.
+
+Everything here runs on the event loop thread: paho callbacks reach it through the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__, logs
+from edge_agent.model import GOOD, PointSpec, now_ms
+from edge_agent.outbox import Row
+from edge_agent.sparkplug import codec
+from edge_agent.sparkplug import sparkplug_b_pb2 as pb
+from edge_agent.sparkplug.codec import MetricDef, Reading
+
+#: (device, metric, value) -> awaitable that raises when the write is refused or fails
+WriteFunc = Callable[[str, str, Any], Awaitable[Any]]
+
+
+@dataclass
+class DeviceView:
+    """What the session needs to know of one configured device."""
+
+    name: str
+    points: list[PointSpec] = field(default_factory=list)
+    point_types: dict[str, str] = field(default_factory=dict)
+    #: the runtime's live state: `.state` ("connected", ...) and `.last_values`
+    state: Any = None
+
+
+@dataclass
+class _Device:
+    """A device as known to the host in this session: born metrics and last sent values."""
+
+    view: DeviceView
+    metrics: dict[str, MetricDef] = field(default_factory=dict)
+    born: bool = False
+    alive: bool = False
+    last_sent: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: points with a heartbeat: the core already decided to publish them, unchanged or not
+    heartbeats: frozenset[str] = frozenset()
+    #: read timestamp of each value the last DBIRTH carried: not worth sending again
+    birth_ts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.heartbeats = frozenset(p.name for p in self.view.points
+                                    if getattr(p, "heartbeat", None))
+
+
+class BdSeqStore:
+    """bdSeq survives restarts, so a host never pairs a new NDEATH with an old NBIRTH."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.next = 0
+        if path is not None:
+            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+                self.next = int(json.loads(path.read_text())["next_bd_seq"]) % 256
+
+    def advance(self, used: int) -> None:
+        self.next = (used + 1) % 256
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"next_bd_seq": self.next}))
+        os.replace(tmp, self.path)
+
+
+def state_path_for(buffer_path: Path | None) -> Path | None:
+    """The bdSeq file lives next to the durable buffer (in memory when the buffer is)."""
+    if buffer_path is None:
+        return None
+    return Path(buffer_path).with_name(Path(buffer_path).name + ".sparkplug.json")
+
+
+class SparkplugSession:
+    """One Sparkplug edge node with its devices, driven by an `MqttPublisher`."""
+
+    def __init__(self, *, publisher: Any, group: str, node: str,
+                 devices: Callable[[], list[DeviceView]],
+                 primary_host: str | None = None, state_path: Path | None = None,
+                 write: WriteFunc | None = None, data_qos: int = 1) -> None:
+        self.publisher = publisher
+        self.group, self.node = group, node
+        self.primary_host = primary_host
+        self.write = write
+        self.data_qos = data_qos
+        self.log = logs.get("edge_agent.sparkplug", node=node, group=group)
+        self.bd_store = BdSeqStore(state_path)
+        self.bd_seq = self.bd_store.next
+        self.ready = False  # births published in this MQTT session: DDATA may flow
+        self.births = 0
+        self.historical_sent = 0
+        self.commands_refused = 0
+        self.unencodable = 0
+        self._seq = 0
+        self._live_since = 0  # readings taken before this (epoch ms) are historical
+        self._host_ts = -1  # newest STATE timestamp seen; older ones are ignored
+        self._next_alias = 1
+        self._aliases: dict[str, int] = {}
+        self._views = devices
+        self._devices: dict[str, _Device] = {}
+        for name in (codec.BDSEQ, codec.REBIRTH, codec.VERSION):
+            self._aliases[name] = self._alias()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.ndata_topic = codec.topic(group, "NDATA", node)
+        self._ncmd = codec.topic(group, "NCMD", node)
+        self._dcmd_prefix = codec.topic(group, "DCMD", node) + "/"
+        self._state_topic = codec.state_topic(primary_host) if primary_host else None
+
+    # -- wiring --------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Installs this session into the publisher (before it runs)."""
+        publisher = self.publisher
+        publisher.encoder = self
+        publisher.subscriptions.extend([self._ncmd, self._dcmd_prefix + "+"])
+        if self._state_topic:
+            publisher.subscriptions.append(self._state_topic)
+        publisher.on_connected.append(self.on_connected)
+        publisher.on_message = self.on_message
+
+    def will(self) -> tuple[str, bytes]:
+        """The NDEATH for the next connection attempt, carrying the bdSeq its NBIRTH will."""
+        self.ready = False
+        self.bd_seq = self.bd_store.next
+        return codec.topic(self.group, "NDEATH", self.node), codec.node_death(now_ms(),
+                                                                               self.bd_seq)
+
+    # -- devices, aliases and metric definitions -----------------------------------------
+    def _device(self, view: DeviceView) -> _Device:
+        """The session's record of a device, refreshed from the runtime's current view
+        (a reload may have replaced the device's runner since)."""
+        device = self._devices.get(view.name)
+        if device is None or device.view is not view:
+            old = device
+            device = self._devices[view.name] = _Device(view)
+            if old is not None:
+                device.born, device.alive = old.born, old.alive
+            for point in view.points:
+                self._define(device, point.name, None)
+        return device
+
+    def _lookup(self, name: str) -> _Device | None:
+        view = next((v for v in self._views() if v.name == name), None)
+        if view is not None:
+            return self._device(view)
+        return self._devices.get(name)
+
+    def _alias(self) -> int:
+        alias = self._next_alias
+        self._next_alias += 1
+        return alias
+
+    def _define(self, device: _Device, metric: str, sample: Any) -> MetricDef:
+        """Defines a metric once per process: its alias stays stable across rebirths."""
+        spec = next((p for p in device.view.points if p.name == metric), None)
+        scaled = spec is not None and (spec.scale != 1 or spec.offset != 0)
+        datatype = codec.datatype_for(device.view.point_types.get(metric), scaled, sample)
+        key = f"{device.view.name}\x00{metric}"
+        alias = self._aliases.get(key)
+        if alias is None:
+            alias = self._aliases[key] = self._alias()
+        definition = MetricDef(metric, alias, datatype, spec.unit if spec else None)
+        device.metrics[metric] = definition
+        return definition
+
+    @staticmethod
+    def _undefined(device: _Device, metric: str) -> bool:
+        """True until a metric has a datatype (a typeless point waits for its first value)."""
+        known = device.metrics.get(metric)
+        return known is None or known.datatype == pb.Unknown
+
+    # -- seq -----------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) % 256
+        return self._seq
+
+    # -- births and deaths ---------------------------------------------------------------
+    def on_connected(self) -> None:
+        self.bd_store.advance(self.bd_seq)  # this bdSeq is spent, whatever happens next
+        self.ready = False
+        for device in self._devices.values():
+            device.born = device.alive = False
+        if self.primary_host is None:
+            self.birth()
+        else:
+            self.log.info("sparkplug_waiting_for_primary_host", host=self.primary_host)
+
+    def birth(self) -> None:
+        """NBIRTH (seq 0) then a DBIRTH per connected device, before any DDATA."""
+        ts = now_ms()
+        self._seq = 0
+        self._live_since = ts
+        publish = self.publisher.publish_now
+        publish(codec.topic(self.group, "NBIRTH", self.node),
+                codec.node_birth(ts, self.bd_seq, __version__, self._aliases), qos=0)
+        for device in self._devices.values():
+            device.born = device.alive = False
+        for view in self._views():
+            if view.state is not None and view.state.state == "connected":
+                self._device_birth(self._device(view), ts)
+        self.ready = True
+        self.births += 1
+        self.log.info("sparkplug_birth", bd_seq=self.bd_seq,
+                      devices=sum(d.born for d in self._devices.values()))
+
+    def _device_birth(self, device: _Device, ts: int) -> None:
+        last = getattr(device.view.state, "last_values", None) or {}
+        for metric, reading in last.items():
+            if self._undefined(device, metric):
+                self._define(device, metric, reading.get("value"))
+        metrics = []
+        device.last_sent, device.birth_ts = {}, {}
+        for name, spec in device.metrics.items():
+            reading = last.get(name)
+            if reading is None:
+                metrics.append((spec, None))
+                continue
+            quality = reading.get("quality", GOOD)
+            metrics.append((spec, Reading(reading.get("value"), reading.get("ts", ts), quality)))
+            device.last_sent[name] = (reading.get("value"), quality)
+            device.birth_ts[name] = reading.get("ts", ts)
+        self.publisher.publish_now(codec.topic(self.group, "DBIRTH", self.node, device.view.name),
+                                   codec.device_birth(ts, self._next_seq(), metrics), qos=0)
+        device.born = device.alive = True
+
+    def device_status(self, name: str, state: str) -> None:
+        """DDEATH when a born device drops out, a fresh DBIRTH when it comes back."""
+        if not self.ready:
+            return
+        device = self._lookup(name)
+        if device is None:
+            return
+        if state == "connected":
+            if not device.alive:
+                self._device_birth(device, now_ms())
+        elif device.alive:
+            device.alive = False
+            self.publisher.publish_now(codec.topic(self.group, "DDEATH", self.node, name),
+                                       codec.device_death(now_ms(), self._next_seq()), qos=0)
+
+    def rebirth(self) -> None:
+        if self.ready:
+            self.birth()
+
+    # -- telemetry -----------------------------------------------------------------------
+    def encode(self, row: Row) -> tuple[str, bytes, int] | None:
+        """The DDATA for one outbox row, or None when nothing changed (report by exception).
+
+        Values read before this session's births are historical: the host never saw them live.
+        A row that cannot be encoded is logged, counted and dropped, never retried forever.
+        """
+        try:
+            return self._encode(row)
+        except Exception as exc:
+            self.unencodable += 1
+            self.log.error("sparkplug_row_unencodable", device=row.device, id=row.id,
+                           error=repr(exc))
+            return None
+
+    def _encode(self, row: Row) -> tuple[str, bytes, int] | None:
+        try:
+            readings = json.loads(row.payload)["readings"]
+        except (ValueError, KeyError, TypeError):
+            self.log.error("sparkplug_unreadable_row", device=row.device, id=row.id)
+            return None
+        device = self._devices.get(row.device) or self._lookup(row.device)
+        if device is None:  # no longer configured, but its buffered data still goes out
+            device = self._device(DeviceView(row.device))
+        new = [r for r in readings if self._undefined(device, r["metric"])]
+        for reading in new:
+            self._define(device, reading["metric"], reading.get("value"))
+        if new or not device.born:
+            self._device_birth(device, now_ms())  # the host must know an alias before its use
+        live_since = self._live_since
+        metrics, flags = [], []
+        last_sent = device.last_sent
+        for reading in readings:
+            name, value = reading["metric"], reading.get("value")
+            quality = reading.get("quality", GOOD)
+            historical = reading["ts"] < live_since
+            if historical and device.birth_ts.get(name) == reading["ts"]:
+                continue  # the DBIRTH already carried this very reading
+            if not historical and name not in device.heartbeats:
+                if last_sent.get(name) == (value, quality):
+                    continue
+                last_sent[name] = (value, quality)
+            metrics.append((device.metrics[name], Reading(value, reading["ts"], quality)))
+            flags.append(historical)
+        if not metrics:
+            return None
+        if flags[0]:
+            self.historical_sent += 1
+        payload = codec.device_data(now_ms(), self._next_seq(), metrics, flags)
+        return (codec.topic(self.group, "DDATA", self.node, row.device), payload,
+                self.data_qos)
+
+    # -- commands and host state ---------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self._state_topic:
+            self._on_state(payload)
+        elif topic == self._ncmd:
+            self._on_ncmd(payload)
+        elif topic.startswith(self._dcmd_prefix):
+            self._on_dcmd(topic[len(self._dcmd_prefix):], payload)
+
+    def _on_state(self, data: bytes) -> None:
+        """Sparkplug 3.0 STATE: JSON {"online": bool, "timestamp": ms}; stale ones ignored."""
+        try:
+            state = json.loads(data)
+            online, ts = state["online"], int(state["timestamp"])
+            if not isinstance(online, bool):
+                raise TypeError("online is not a boolean")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.log.warning("sparkplug_bad_state", error=str(exc))
+            return
+        if ts < self._host_ts:
+            self.log.info("sparkplug_stale_state_ignored", online=online, timestamp=ts)
+            return
+        self._host_ts = ts
+        if online and not self.ready and self.publisher.connected.is_set():
+            self.log.info("sparkplug_primary_host_online", host=self.primary_host)
+            self.birth()
+            self.publisher.pump()
+        elif not online and self.ready:
+            # the host cannot see us: end the session with a death certificate and start over,
+            # so the births are published again once it is back
+            self.log.warning("sparkplug_primary_host_offline", host=self.primary_host)
+            self.ready = False
+            self.publisher.publish_now(*self.will_now(), qos=1)
+            self.publisher.disconnect()
+
+    def will_now(self) -> tuple[str, bytes]:
+        """This connection's NDEATH, for an intentional disconnect."""
+        return (codec.topic(self.group, "NDEATH", self.node),
+                codec.node_death(now_ms(), self.bd_seq))
+
+    def _on_ncmd(self, data: bytes) -> None:
+        try:
+            payload = codec.parse(data)
+        except ValueError as exc:
+            self.commands_refused += 1
+            self.log.warning("sparkplug_bad_ncmd", error=str(exc))
+            return
+        rebirth_alias = self._aliases[codec.REBIRTH]
+        for metric in payload.metrics:
+            named = metric.name == codec.REBIRTH or (
+                not metric.name and metric.HasField("alias") and metric.alias == rebirth_alias)
+            if named and metric.WhichOneof("value") == "boolean_value" and metric.boolean_value:
+                self.log.info("sparkplug_rebirth_requested")
+                self.rebirth()
+                self.publisher.pump()
+                return
+        self.log.info("sparkplug_ncmd_ignored",
+                      metrics=[m.name or m.alias for m in payload.metrics])
+
+    def _on_dcmd(self, device_name: str, data: bytes) -> None:
+        device = self._lookup(device_name)
+        try:
+            payload = codec.parse(data)
+        except ValueError as exc:
+            self.commands_refused += 1
+            self.log.warning("sparkplug_bad_dcmd", device=device_name, error=str(exc))
+            return
+        if device is None or self.write is None:
+            self.commands_refused += 1
+            self.log.warning("sparkplug_dcmd_refused", device=device_name,
+                             error="unknown device" if device is None else "writes unsupported")
+            return
+        by_alias = {m.alias: m for m in device.metrics.values()}
+        for metric in payload.metrics:
+            spec = device.metrics.get(metric.name) if metric.name else by_alias.get(metric.alias)
+            if spec is None:
+                self.commands_refused += 1
+                self.log.warning("sparkplug_dcmd_unknown_metric", device=device_name,
+                                 metric=metric.name or metric.alias)
+                continue
+            value = codec.metric_value(metric, spec.datatype)
+            task = asyncio.get_running_loop().create_task(
+                self._write(device_name, spec.name, value))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, device: str, metric: str, value: Any) -> None:
+        try:
+            await self.write(device, metric, value)
+        except Exception as exc:
+            self.commands_refused += 1
+            self.log.warning("sparkplug_dcmd_failed", device=device, metric=metric,
+                             error=str(exc) or type(exc).__name__)
+        else:
+            self.log.info("sparkplug_dcmd_written", device=device, metric=metric)
+
+    # -- shutdown ------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """An intentional disconnect publishes its NDEATH first (the broker then drops the will)."""
+        if self.publisher.connected.is_set():
+            self.publisher.publish_now(*self.will_now(), qos=1)
+        self.ready = False
