@@ -76,11 +76,12 @@ class Unit:
     requests: Counter[tuple[int, int, int]] = field(default_factory=Counter)
     #: what it did about them: "answered", "silent", "crc_error", "exception_XX", "late"
     outcomes: Counter[str] = field(default_factory=Counter)
-    written: dict[int, int] = field(default_factory=dict)
+    written: dict[int, int] = field(default_factory=dict)  # address -> last value written
+    pinned: set[tuple[str, int]] = field(default_factory=set)  # (table, address) written
 
     def refresh(self) -> None:
         for reg in self.registers:
-            if reg.address in self.written and reg.table in ("holding", "coil"):
+            if (reg.table, reg.address) in self.pinned:
                 continue  # a value the agent wrote stays until rewritten
             value = reg.wave.value()
             if reg.table in ("coil", "discrete"):
@@ -148,10 +149,12 @@ class Context:
             for i, bit in enumerate(values):
                 unit.bits["coil"][address + i] = bool(bit)
                 unit.written[address + i] = int(bool(bit))
+                unit.pinned.add(("coil", address + i))
         elif table == "holding":
             for i, word in enumerate(values):
                 unit.words["holding"][address + i] = int(word)
                 unit.written[address + i] = int(word)
+                unit.pinned.add(("holding", address + i))
         else:
             return ExcCodes.ILLEGAL_FUNCTION
         return None
@@ -203,8 +206,8 @@ class ModbusSimulator:
 
     async def _reply(self, framer: Any, unit: Unit, pdu: Any) -> bytes | None:
         faults, rng = unit.faults, self.rng
-        unit.requests[(pdu.function_code, getattr(pdu, "address", 0),
-                       getattr(pdu, "count", 0))] += 1
+        count = 1 if pdu.function_code in (5, 6) else getattr(pdu, "count", 0)
+        unit.requests[(pdu.function_code, getattr(pdu, "address", 0), count)] += 1
         if faults.no_response and rng.random() < faults.no_response:
             unit.outcomes["silent"] += 1
             return None

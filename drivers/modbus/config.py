@@ -34,6 +34,8 @@ class ModbusPoint(PointConfig):
 
     @model_validator(mode="after")
     def _fits_table(self) -> ModbusPoint:
+        if self.table in BIT_TABLES and "type" not in self.model_fields_set:
+            self.type = "bool"  # the only type a coil or discrete input can have
         if self.table in BIT_TABLES and self.type != "bool":
             raise ValueError(f"table '{self.table}' holds single bits: type must be bool")
         if self.address + self.registers > 65536:

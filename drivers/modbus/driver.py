@@ -116,7 +116,12 @@ class ModbusDriver(Driver):
             self._silent = exc
             readings += decoder.failed()
             return [decoder]
-        readings += decoder.decode(response.bits if block.is_bits else response.registers)
+        values = response.bits if block.is_bits else response.registers
+        if len(values) < block.count:  # fewer than asked: a broken answer, not a value
+            self.errors[ProtocolError.kind] += 1
+            readings += decoder.failed()
+        else:
+            readings += decoder.decode(values)
         return [decoder]
 
     async def _request(self, bus: Bus, method: Any, address: int, **kwargs: Any) -> Any:

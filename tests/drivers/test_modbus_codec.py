@@ -1,0 +1,61 @@
+"""drivers/modbus/codec.py: a block's registers to readings, fast path and general path alike."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from edge_agent_drivers.modbus.codec import BlockDecoder
+from edge_agent_drivers.modbus.config import ModbusPoint
+from edge_agent_drivers.modbus.plan import plan
+
+from edge_agent.model import BAD, GOOD, Reading
+from tests.test_decode import TABLE
+
+
+@pytest.mark.parametrize(("type_name", "order", "registers", "value"), TABLE,
+                         ids=[f"{t}-{o}-{v}" for t, o, _, v in TABLE])
+def test_a_value_inside_a_block_decodes_like_the_table(type_name, order, registers, value):
+    # the value sits at address 3 of a block starting at 0, between unrelated registers
+    points = [ModbusPoint(name="before", address=0, type="uint16"),
+              ModbusPoint(name="v", address=3, type=type_name, order=order),
+              ModbusPoint(name="after", address=3 + len(registers), type="int16")]
+    (block,) = plan(points, max_gap=5)
+    words = [0x1234, 0xFFFF, 0xFFFF, *registers, 0xFFFE]
+    readings = {r.metric: r for r in BlockDecoder(block).decode(words)}
+    assert readings["v"] == Reading("v", value, GOOD)
+    assert readings["before"] == Reading("before", 0x1234, GOOD)
+    assert readings["after"] == Reading("after", -2, GOOD)
+
+
+def test_bits_of_a_register_and_bit_tables():
+    points = [ModbusPoint(name=f"b{bit}", address=0, type="bool", bit=bit) for bit in (0, 1, 15)]
+    (block,) = plan(points)
+    readings = BlockDecoder(block).decode([0x8001])
+    assert {r.metric: r.value for r in readings} == {"b0": True, "b1": False, "b15": True}
+    coils = [ModbusPoint(name=f"c{a}", table="coil", address=a, type="bool") for a in (0, 2, 9)]
+    (block,) = plan(coils, max_gap=1)
+    # pymodbus pads bit replies to whole bytes
+    bits = [True, True, False, False, False, False, False, False,
+            False, True, False, False, False, False, False, False]
+    readings = BlockDecoder(block).decode(bits)
+    assert {r.metric: r.value for r in readings} == {"c0": True, "c2": False, "c9": True}
+
+
+def test_strings_decode_from_registers():
+    (block,) = plan([ModbusPoint(name="tag", address=0, type="string", length=7)])
+    words = list(struct.unpack(">4H", b"PUMP-7\x00\x00"))
+    assert BlockDecoder(block).decode(words) == [Reading("tag", "PUMP-7", GOOD)]
+
+
+def test_nan_is_a_bad_reading_not_a_good_null():
+    (block,) = plan([ModbusPoint(name="f", address=0, type="float32"),
+                     ModbusPoint(name="g", address=2, type="float32", order="CDAB")])
+    readings = BlockDecoder(block).decode([0x7FC0, 0, 0, 0x7FC0])
+    assert readings == [Reading("f", None, BAD), Reading("g", None, BAD)]
+
+
+def test_failed_gives_a_bad_reading_for_every_point_of_the_block():
+    points = [ModbusPoint(name=f"p{a}", address=a) for a in range(3)]
+    (block,) = plan(points)
+    assert BlockDecoder(block).failed() == [Reading(f"p{a}", None, BAD) for a in range(3)]
