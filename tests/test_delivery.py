@@ -1,0 +1,208 @@
+"""Delivery through real failures: a stopped broker, a SIGKILLed agent, a full buffer.
+
+The broker saves sessions on a clean stop and the subscriber has a persistent QoS 1 session
+that reconnects by itself, so whatever the agent sends after a broker restart is queued for
+the subscriber even if the agent gets there first. Every test reads the agent's final seq per
+device from its buffer file after it stopped, and checks the subscriber saw 1..final.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.delivery_support import (
+    PersistentSubscriber,
+    agent_config,
+    buffer_state,
+    events,
+    gaps_and_duplicates,
+    modbus_devices,
+    persistent_broker,
+    sleep_through,
+)
+from tests.helpers import SimulatorThread, Subscriber, wait_until
+
+INFLIGHT = 32
+
+
+@pytest.fixture
+def broker() -> Iterator:
+    broker = persistent_broker().start()
+    yield broker
+    broker.stop()
+
+
+def run_sims(spec: dict) -> SimulatorThread:
+    return SimulatorThread(spec)
+
+
+def each_device_has(sub: PersistentSubscriber, devices: int, count: int) -> bool:
+    seqs = sub.seqs()
+    return len(seqs) == devices and all(len(set(s)) >= count for s in seqs.values())
+
+
+def test_broker_down_30s_while_5_devices_poll_at_10hz_loses_nothing(broker, start_agent,
+                                                                    tmp_path):
+    sims = run_sims(modbus_devices(5, interval=0.1))
+    sub = PersistentSubscriber(broker.port)
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        agent = start_agent(agent_config(sims, broker.url, buffer, inflight=INFLIGHT))
+        wait_until(lambda: each_device_has(sub, 5, 10), what="10 messages per device")
+
+        broker.stop()
+        wait_until(lambda: events(agent, "mqtt_disconnected"), what="the agent to notice")
+        sleep_through(30)
+        outage_backlog = buffer_state(buffer)[1]
+        broker.start()
+
+        wait_until(lambda: len(events(agent, "mqtt_connected")) >= 2, what="reconnect")
+        restarted = time.time()
+        # live data after the backlog: a message per device read after the restart
+        wait_until(lambda: all(any(r["ts"] > restarted * 1000 for r in m["readings"])
+                               for m in _latest_per_device(sub).values())
+                   and len(_latest_per_device(sub)) == 5, timeout=30, what="live data")
+        assert agent.stop() == 0
+
+        last, kept = buffer_state(buffer)
+        assert kept == 0
+        assert outage_backlog >= 5 * 10 * 25  # ~30 s at 5 x 10 Hz were buffered on disk
+        wait_until(lambda: each_device_has(sub, 5, min(last.values())), timeout=30,
+                   what="every seq at the subscriber")
+        missing, duplicates = gaps_and_duplicates(sub.seqs(), last)
+        assert missing == 0
+        assert duplicates - sub.redeliveries() <= INFLIGHT
+    finally:
+        sub.close()
+        sims.close()
+
+
+def _latest_per_device(sub: PersistentSubscriber) -> dict[str, dict]:
+    latest: dict[str, dict] = {}
+    for message in sub.messages():
+        if message["seq"] >= latest.get(message["device"], {"seq": 0})["seq"]:
+            latest[message["device"]] = message
+    return latest
+
+
+def test_agent_sigkilled_mid_stream_and_restarted_leaves_no_gap(broker, start_agent, tmp_path):
+    sims = run_sims(modbus_devices(2, interval=0.05))
+    sub = PersistentSubscriber(broker.port)
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        config = agent_config(sims, broker.url, buffer, inflight=INFLIGHT)
+        agent = start_agent(config, name="first")
+        wait_until(lambda: each_device_has(sub, 2, 10), what="streaming")
+        broker.stop()  # build a backlog on disk, then kill the agent in the middle of it
+        wait_until(lambda: buffer_state(buffer)[1] >= 40, what="a backlog on disk")
+        agent.stop(signal.SIGKILL)
+        seqs_at_kill, backlog = buffer_state(buffer)
+        broker.start()
+
+        again = start_agent(config, name="second")
+        assert events(again, "buffer_backlog") or wait_until(
+            lambda: events(again, "buffer_backlog"), what="backlog noticed")
+        wait_until(lambda: all(max(s) > seqs_at_kill[d] + 5 for d, s in sub.seqs().items()),
+                   timeout=20, what="new readings after the restart")
+        assert again.stop() == 0
+
+        last, kept = buffer_state(buffer)
+        assert kept == 0 and backlog >= 40
+        wait_until(lambda: each_device_has(sub, 2, min(last.values())), what="all seqs")
+        missing, duplicates = gaps_and_duplicates(sub.seqs(), last)
+        assert missing == 0
+        # seq continued after the restart instead of starting over: a repeated seq is always
+        # the very same message (a resend), never a new reading under an old number
+        by_seq: dict[tuple[str, int], bytes] = {}
+        for _, payload, _ in sub.records:
+            message = json.loads(payload)
+            key = (message["device"], message["seq"])
+            assert by_seq.setdefault(key, payload) == payload
+        assert duplicates - sub.redeliveries() <= 2 * INFLIGHT
+    finally:
+        sub.close()
+        sims.close()
+
+
+def test_buffer_limit_during_outage_drops_oldest_and_counts_exactly_the_gap(
+        broker, start_agent, tmp_path):
+    sims = run_sims(modbus_devices(2, interval=0.05, registers=10))
+    sub = PersistentSubscriber(broker.port)
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        config = agent_config(sims, broker.url, buffer, inflight=INFLIGHT)
+        config["buffer"]["max_bytes"] = 64 * 1024
+        agent = start_agent(config)
+        wait_until(lambda: each_device_has(sub, 2, 5), what="streaming")
+        broker.stop()
+        wait_until(lambda: events(agent, "buffer_full_dropping_oldest"), timeout=20,
+                   what="the buffer to overflow")
+        sleep_through(2)  # keep overflowing for a while
+        broker.start()
+        wait_until(lambda: events(agent, "buffer_drops_ended"), timeout=20,
+                   what="the backlog to drain")
+        before = {d: max(s) for d, s in sub.seqs().items()}
+        wait_until(lambda: all(max(s) > before[d] + 5 for d, s in sub.seqs().items()),
+                   what="the agent to keep running")
+        assert agent.stop() == 0
+
+        last, kept = buffer_state(buffer)
+        assert kept == 0
+        wait_until(lambda: all(max(sub.seqs()[d]) == last[d] for d in last), what="the end")
+        dropped = events(agent, "buffer_closed")[-1]["dropped"]
+        missing, _ = gaps_and_duplicates(sub.seqs(), last)
+        assert dropped > 50
+        assert missing == dropped
+        assert events(agent, "buffer_drops_ended")[0]["dropped"] == dropped
+        assert len(events(agent, "buffer_full_dropping_oldest")) == 1  # once per episode
+    finally:
+        sub.close()
+        sims.close()
+
+
+def test_sigterm_with_broker_down_keeps_the_backlog_on_disk_and_exits_0(
+        broker, start_agent, tmp_path):
+    sims = run_sims(modbus_devices(1, interval=0.05))
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        config = agent_config(sims, broker.url, buffer)
+        config["shutdown_grace"] = 1
+        agent = start_agent(config, env={"NODE_NAME": "term"})
+        wait_until(lambda: events(agent, "mqtt_connected"), what="connected")
+        broker.stop()
+        wait_until(lambda: buffer_state(buffer)[1] >= 20, what="a backlog")
+        started = time.monotonic()
+        assert agent.stop() == 0
+        assert time.monotonic() - started < 5  # grace is 1 s
+        stopped = events(agent, "agent_stopped")[0]
+        assert stopped["drained"] is False and stopped["kept"] >= 20
+        assert buffer_state(buffer)[1] == stopped["kept"]
+    finally:
+        sims.close()
+
+
+def test_sigterm_drains_publishes_offline_and_exits_0_with_mqtt5(broker, start_agent, tmp_path):
+    sims = run_sims(modbus_devices(1, interval=0.05))
+    buffer = tmp_path / "buffer.sqlite3"
+    status = Subscriber(broker.port, "edge/v5/status")
+    sub = PersistentSubscriber(broker.port)
+    try:
+        config = agent_config(sims, broker.url, buffer, protocol="5")
+        agent = start_agent(config, env={"NODE_NAME": "v5"})
+        status.wait_for("v5/status", where=lambda m: m["state"] == "online")
+        wait_until(lambda: each_device_has(sub, 1, 10), what="telemetry over MQTT 5")
+        assert agent.stop() == 0
+        status.wait_for("v5/status", where=lambda m: m["state"] == "offline", timeout=5)
+        last, kept = buffer_state(buffer)
+        assert kept == 0 and events(agent, "agent_stopped")[0]["drained"] is True
+        wait_until(lambda: max(sub.seqs()["dev-0"]) == last["dev-0"], what="the last seq")
+        assert gaps_and_duplicates(sub.seqs(), last) == (0, 0)
+    finally:
+        status.close()
+        sub.close()
+        sims.close()
