@@ -140,17 +140,19 @@ def test_modbus_port_by_usb_identity_follows_the_device_to_its_new_tty(
     try:
         subscriber.wait_for("n3/meter/telemetry", where=lambda m: m["readings"][0]["value"] == 111)
 
+        # the adapter's next enumeration, on another tty (opened now, so the number differs)
+        second = rtu_sim(222)
+        sims.append(second)
+        second_tty = second.by_name("meter").where
+        assert second_tty != first_tty
+
         attached.clear()  # unplugged: the tty goes away and the identity resolves to nothing
         first.close()
         sims.remove(first)
         subscriber.wait_for("n3/meter/status", where=lambda m: "no serial port matches "
                             "usb:0403:6001:FT1" in (m.get("error") or ""))
 
-        second = rtu_sim(222)  # replugged: the same adapter, enumerated on another tty
-        sims.append(second)
-        second_tty = second.by_name("meter").where
-        assert second_tty != first_tty
-        attached.append(usb_port(second_tty, *FTDI, "FT1"))
+        attached.append(usb_port(second_tty, *FTDI, "FT1"))  # replugged
         subscriber.wait_for("n3/meter/telemetry", where=lambda m: m["readings"][0]["value"] == 222,
                             timeout=20)
     finally:
