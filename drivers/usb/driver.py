@@ -94,16 +94,25 @@ class UsbDriver(BlockingDriver):
             raise DeviceError(f"cannot list USB devices: {exc}") from None
         if config.bus_path:
             found = [d for d in found if bus_path(d) == config.bus_path]
+        serials = {id(d): serial_number(d) for d in found}
+        candidates = found
         if config.serial:
-            found = [d for d in found if serial_number(d) == config.serial]
+            found = [d for d in found if serials[id(d)] == config.serial]
+        chosen = found[0] if len(found) == 1 else None
+        for device in candidates:  # reading serial numbers opened them
+            if device is not chosen:
+                with contextlib.suppress(usb.core.USBError):
+                    usb.util.dispose_resources(device)
+        if chosen is not None:
+            return chosen
         if not found:
-            raise DeviceDisconnected(f"USB device {config.identity} is not attached")
-        if len(found) > 1:
-            where = ", ".join(f"{bus_path(d) or d.address} (serial {serial_number(d)})"
-                              for d in found)
-            raise DeviceError(f"{len(found)} USB devices match {config.identity}: {where}; "
-                              "set `serial` or `bus_path` to pick one")
-        return found[0]
+            unreadable = sum(1 for s in serials.values() if s is None) if config.serial else 0
+            hint = (f" ({unreadable} {config.vid:04x}:{config.pid:04x} device(s) with an "
+                    "unreadable serial number: check permissions)") if unreadable else ""
+            raise DeviceDisconnected(f"USB device {config.identity} is not attached{hint}")
+        where = ", ".join(f"{bus_path(d) or d.address} (serial {serials[id(d)]})" for d in found)
+        raise DeviceError(f"{len(found)} USB devices match {config.identity}: {where}; "
+                          "set `serial` or `bus_path` to pick one")
 
     def _open(self) -> None:
         config = self.config
