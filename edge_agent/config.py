@@ -45,7 +45,7 @@ class TlsConfig(Strict):
 
 class SparkplugConfig(Strict):
     group_id: str = Field("edge", pattern=r"^[^/+#]+$")
-    primary_host: str | None = None
+    primary_host: str | None = Field(None, pattern=r"^[^/+#]+$")  # Sparkplug host id (STATE)
 
 
 class MqttConfig(Strict):

@@ -375,8 +375,10 @@ class Agent:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self.runners.pop(name, None)
+        if self.sparkplug is not None:  # DDEATH: the host must not keep it alive
+            self.sparkplug.device_status(name, "removed")
         if removed:  # its retained status would claim it still exists
-            if self.publisher is not None:
+            if self.publisher is not None and self.sparkplug is None:
                 self.publisher.publish_state(self.topics.device_status(name), b"")
             self.metrics.forget_device(name)
 

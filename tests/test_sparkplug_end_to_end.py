@@ -250,7 +250,7 @@ def test_data_buffered_during_a_broker_outage_is_replayed_as_historical(
         wait_until(lambda: any(line.get("event") == "mqtt_disconnected"
                                for line in agent.log_lines()), what="the agent notices")
         # a couple of polls happen during the outage, then the broker comes back
-        time.sleep(0.6)  # noqa: the outage itself is what is being tested, not a sync
+        time.sleep(0.6)  # the outage lasts a few polls: a stimulus, not a synchronisation
         outage_end = time.time() * 1000
         broker = Mosquitto(port=broker.port).start()
         sub = Subscriber(broker.port, "spBv1.0/#")
@@ -307,4 +307,24 @@ def test_waits_for_the_primary_host_and_dies_when_it_goes_offline(
     second = view.wait("NBIRTH", count=2)[1]
     assert metric(second, "bdSeq")["value"] == (metric(nbirth, "bdSeq")["value"] + 1) % 256
     check_session_rules(view.messages())
+    sub.close()
+
+
+def test_ddeath_when_a_device_is_lost_and_ndeath_before_a_clean_stop(
+        mosquitto, start_agent, tmp_path):
+    sims = SimulatorThread(SIM)
+    sub = Subscriber(mosquitto.port, "spBv1.0/#")
+    view = SparkplugView(sub)
+    agent = start_agent(sparkplug_config(sims, mosquitto.url, tmp_path))
+    nbirth = view.wait("NBIRTH")[0]
+    view.wait("DDATA", device="boiler-1")
+    sims.close()  # the device goes away (TCP server closed)
+    ddeath = view.wait("DDEATH", device="boiler-1")[0]
+    assert ddeath["metrics"] == [] and "seq" in ddeath
+    assert agent.stop() == 0
+    ndeath = view.wait("NDEATH")[0]  # published by the agent itself, before DISCONNECT
+    assert metric(ndeath, "bdSeq")["value"] == metric(nbirth, "bdSeq")["value"]
+    messages = view.messages()
+    assert [v for v, _, _ in messages].count("NDEATH") == 1
+    check_session_rules(messages)
     sub.close()
