@@ -9,12 +9,15 @@ What a poll promises:
 - exception 02/03 on a multi-point block splits the block and remembers the narrower
   layout; 06 (busy) is retried with backoff; other codes mark the block bad;
 - a unit that did not answer its last request gets a single attempt, no retries, and the
-  rest of that poll is not asked for: a dead unit costs its neighbours one timeout per poll.
+  rest of that poll is not asked for: a dead unit costs its neighbours one timeout per poll;
+  and since `connect()` asks the unit itself, a dead unit fails to reconnect and the
+  runtime's backoff spaces out its attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from typing import Any
 
@@ -57,9 +60,21 @@ class ModbusDriver(Driver):
                 for p in self.config.points]
 
     async def connect(self) -> None:
+        """Opens (or joins) the port's bus, then checks that this unit answers.
+
+        On a shared line the port is usually open already, so "connected" has to mean the
+        unit itself answers: a dead unit then fails to connect, and the runtime's growing
+        reconnect backoff keeps it off the line instead of letting it spend one timeout of
+        its neighbours' time on every poll.
+        """
         if self._bus is None:
             self._bus = Bus.attach(self.config)
-        await self._bus.ensure_connected()
+        bus = self._bus
+        await bus.ensure_connected()
+        block = self.blocks[0].block
+        # a refusal is an answer too: the unit is there (the poll says which points are bad)
+        with contextlib.suppress(ExceptionResponse):
+            await self._request(bus, bus.readers[block.table], block.address, count=1)
 
     async def close(self) -> None:
         if self._bus is not None:

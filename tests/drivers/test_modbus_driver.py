@@ -37,18 +37,24 @@ def unit(unit_id: int, registers: list[tuple], **faults: Any) -> Unit:
     return Unit(unit_id, regs, Faults(**faults))
 
 
+_UNITS_ON: dict[str, list[Unit]] = {}  # port -> the simulated units behind it
+
+
 @contextlib.asynccontextmanager
 async def line(units: list[Unit], framing: str = "rtu") -> AsyncIterator[tuple[str, Any]]:
     """Simulated units on one transport; yields (port for the driver, pty endpoint or None)."""
     simulator = ModbusSimulator({u.unit_id: u for u in units}, framing)
     if framing == "socket":
         server = await simulator.serve_tcp("127.0.0.1", 0)
+        port = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        _UNITS_ON[port] = units
         try:
-            yield f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", None
+            yield port, None
         finally:
             server.close()
         return
     endpoint = PtyEndpoint(simulator)
+    _UNITS_ON[endpoint.path] = units
     try:
         yield endpoint.path, endpoint
     finally:
@@ -56,8 +62,11 @@ async def line(units: list[Unit], framing: str = "rtu") -> AsyncIterator[tuple[s
 
 
 @contextlib.asynccontextmanager
-async def driver(port: str, points: list[dict[str, Any]], **device: Any
-                 ) -> AsyncIterator[ModbusDriver]:
+async def driver(port: str, points: list[dict[str, Any]], faults_at_connect: bool = False,
+                 **device: Any) -> AsyncIterator[ModbusDriver]:
+    """A connected driver. Connecting asks the unit once (see ModbusDriver.connect); unless
+    `faults_at_connect`, that exchange runs without faults and is not counted, so each test
+    sees only what its polls did."""
     settings: dict[str, Any] = {"timeout": 0.3, "max_gap": 0}
     if not port.startswith("tcp://"):
         settings["framer"] = "rtu"
@@ -65,7 +74,21 @@ async def driver(port: str, points: list[dict[str, Any]], **device: Any
     config = ModbusDevice(name=f"unit-{settings.get('unit', 1)}", driver="modbus", port=port,
                           points=points, **settings)
     instance = ModbusDriver(config)
-    await instance.connect()
+    units = _UNITS_ON[port]
+    saved = [u.faults for u in units]
+    if not faults_at_connect:
+        for u in units:
+            u.faults = Faults()
+    try:
+        await instance.connect()
+    finally:
+        for u, faults in zip(units, saved, strict=True):
+            u.faults = faults
+    if not faults_at_connect:
+        for u in units:
+            u.requests.clear()
+            u.outcomes.clear()
+        instance.errors.clear()
     try:
         yield instance
     finally:
@@ -165,6 +188,7 @@ def test_two_units_on_one_pty_share_one_bus_and_keep_the_inter_frame_silence():
                 driver(port, [{"name": "v", "table": "input", "address": 0}], unit=2,
                        baudrate=9600) as d2:
             assert d1._bus is d2._bus
+            endpoint.silences.clear()
             results = await asyncio.gather(*[d.poll() for d in (d1, d2) for _ in range(5)])
             assert [values(s) for s in results[:5]] == [{"v": 2301, "e": 50000}] * 5
             assert [values(s) for s in results[5:]] == [{"v": 2299}] * 5
@@ -172,7 +196,7 @@ def test_two_units_on_one_pty_share_one_bus_and_keep_the_inter_frame_silence():
             assert u2.requests == Counter({(4, 0, 1): 5})
             # t3.5 at 9600 8N1 is 3.65 ms: measured at the device side, from the end of an
             # answer to the first byte of the next request
-            assert len(endpoint.silences) == 9
+            assert len(endpoint.silences) == 10
             assert min(endpoint.silences) >= 3.5 * 10 / 9600
 
     run(test)
@@ -191,30 +215,38 @@ def test_a_second_device_with_other_line_settings_on_the_same_port_is_refused():
     run(test)
 
 
-def test_a_dead_unit_costs_its_neighbour_at_most_one_timeout_per_request():
+def test_a_dead_unit_fails_to_connect_and_costs_its_neighbour_at_most_one_timeout():
     async def test() -> None:
         alive = unit(1, [("holding", 0, "uint16", 7)])
         dead = unit(2, [("holding", 0, "uint16", 8)], no_response=1.0)
         async with line([alive, dead]) as (port, _), \
-                driver(port, [{"name": "a", "address": 0}], unit=1) as healthy, \
-                driver(port, [{"name": "a", "address": 0}, {"name": "b", "address": 50}],
-                       unit=2, timeout=0.2, retries=3) as silent:
-            # a unit that never answered gets one attempt per poll, no retries, and the
-            # rest of its poll is not asked for
-            for _ in range(3):
+                driver(port, [{"name": "a", "address": 0}], unit=1) as healthy:
+            silent = ModbusDriver(ModbusDevice(
+                name="dead", driver="modbus", port=port, unit=2, timeout=0.2, retries=3,
+                max_gap=0, points=[{"name": "a", "address": 0}, {"name": "b", "address": 50}]))
+            try:
+                # the line is open, but "connected" means the unit answers
                 with pytest.raises(DeviceTimeout):
-                    await silent.poll()
-            assert dead.requests == Counter({(3, 0, 1): 3})
-            # the neighbour waits at most one of the dead unit's timeouts for the line
-            started = time.monotonic()
-            dead_poll = asyncio.create_task(silent.poll())
-            await asyncio.sleep(0.01)
-            sample = await healthy.poll()
-            waited = time.monotonic() - started
-            assert values(sample) == {"a": 7}
-            assert waited < 0.2 + 0.1
-            with pytest.raises(DeviceTimeout):
-                await dead_poll
+                    await silent.connect()
+                assert dead.requests == Counter({(3, 0, 1): 1})
+                # a unit that is not answering gets one attempt per poll, no retries, and
+                # the rest of its poll is not asked for
+                for _ in range(3):
+                    with pytest.raises(DeviceTimeout):
+                        await silent.poll()
+                assert dead.requests == Counter({(3, 0, 1): 4})
+                # the neighbour waits at most one of the dead unit's timeouts for the line
+                started = time.monotonic()
+                dead_poll = asyncio.create_task(silent.poll())
+                await asyncio.sleep(0.01)
+                sample = await healthy.poll()
+                waited = time.monotonic() - started
+                assert values(sample) == {"a": 7}
+                assert waited < 0.2 + 0.1
+                with pytest.raises(DeviceTimeout):
+                    await dead_poll
+            finally:
+                await silent.close()
 
     run(test)
 
@@ -245,7 +277,8 @@ def test_a_late_answer_from_a_slow_unit_does_not_become_its_neighbours_value():
         slow = unit(1, [("holding", 0, "uint16", 111)], delay=0.15)
         fast = unit(2, [("holding", 0, "uint16", 222)])
         async with line([slow, fast]) as (port, _), \
-                driver(port, [{"name": "a", "address": 0}], unit=1, timeout=0.1) as d1, \
+                driver(port, [{"name": "a", "address": 0}], unit=1, timeout=0.1,
+                       retries=0) as d1, \
                 driver(port, [{"name": "a", "address": 0}], unit=2, timeout=0.3) as d2:
             with pytest.raises(DeviceTimeout):
                 await d1.poll()
