@@ -23,7 +23,7 @@ from edge_agent.outbox import MemoryOutbox
 from edge_agent.sparkplug import codec
 from edge_agent.sparkplug.codec import MetricDef, Reading
 from edge_agent.sparkplug.session import BdSeqStore, DeviceView, SparkplugSession
-from tests.helpers import Subscriber, wait_until
+from tests.helpers import Subscriber, run_cli, wait_until
 from tests.test_sparkplug_decoder import DATATYPES, decode, signed
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_agent" / "sparkplug"
@@ -139,3 +139,11 @@ async def _publish_rows(url: str, count: int) -> int:
     await publisher.stop(None)
     task.cancel()
     return count + 2
+
+
+def test_check_config_refuses_a_primary_host_id_with_topic_characters(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("mqtt:\n  format: sparkplug\n  sparkplug: {group_id: g, primary_host: a/b}\n")
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert "mqtt.sparkplug.primary_host" in result.stdout + result.stderr

@@ -63,8 +63,8 @@ class SparkplugView:
             raw = [(t, p) for t, p, _, _ in self.subscriber.messages if t.startswith("spBv1.0/")]
         for topic, payload in raw:
             parts = topic.split("/")
-            if parts[1] == "STATE":
-                continue
+            if parts[1] == "STATE" or parts[2] in ("NCMD", "DCMD"):
+                continue  # what the host (this test) sent, some of it garbage on purpose
             assert parts[1] == GROUP and parts[3] == NODE, topic
             device = parts[4] if len(parts) > 4 else None
             out.append((parts[2], device, decode(payload)))
@@ -206,13 +206,18 @@ def test_rebirth_on_ncmd_and_dcmd_writes_reach_the_device_through_the_downlink_p
         mosquitto, boiler, start_agent, tmp_path):
     sub = Subscriber(mosquitto.port, "spBv1.0/#")
     view = SparkplugView(sub)
-    start_agent(sparkplug_config(boiler, mosquitto.url, tmp_path))
+    agent = start_agent(sparkplug_config(boiler, mosquitto.url, tmp_path))
     first = view.wait("NBIRTH")[0]
     dbirth = view.wait("DBIRTH", device="boiler-1")[0]
     view.wait("DDATA", device="boiler-1")
 
+    # garbage on the command topics is counted and logged, and changes nothing
+    sub.client.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", b"\xff\xff\xff not protobuf", qos=0)
+    sub.client.publish(f"spBv1.0/{GROUP}/DCMD/{NODE}/boiler-1", b"\x0a\xff", qos=0)
     sub.client.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", ncmd_rebirth(), qos=0)
     again = view.wait("NBIRTH", count=2)[1]
+    events = [line.get("event") for line in agent.log_lines()]
+    assert "sparkplug_bad_ncmd" in events and "sparkplug_bad_dcmd" in events
     view.wait("DBIRTH", count=2, device="boiler-1")
     assert again["seq"] == 0
     assert metric(again, "bdSeq")["value"] == metric(first, "bdSeq")["value"]  # same session
@@ -310,17 +315,22 @@ def test_waits_for_the_primary_host_and_dies_when_it_goes_offline(
     sub.close()
 
 
-def test_ddeath_when_a_device_is_lost_and_ndeath_before_a_clean_stop(
-        mosquitto, start_agent, tmp_path):
-    sims = SimulatorThread(SIM)
+def test_ddeath_when_a_device_stops_answering_dbirth_when_it_is_back_and_ndeath_on_stop(
+        mosquitto, boiler, start_agent, tmp_path):
     sub = Subscriber(mosquitto.port, "spBv1.0/#")
     view = SparkplugView(sub)
-    agent = start_agent(sparkplug_config(sims, mosquitto.url, tmp_path))
+    config = sparkplug_config(boiler, mosquitto.url, tmp_path)
+    config["devices"][0]["timeout"] = 0.2
+    agent = start_agent(config)
     nbirth = view.wait("NBIRTH")[0]
     view.wait("DDATA", device="boiler-1")
-    sims.close()  # the device goes away (TCP server closed)
+    unit = boiler.by_name("boiler-1").units[1]
+    boiler.call(lambda: setattr(unit.faults, "no_response", 1.0))  # the unit goes silent
     ddeath = view.wait("DDEATH", device="boiler-1")[0]
     assert ddeath["metrics"] == [] and "seq" in ddeath
+    boiler.call(lambda: setattr(unit.faults, "no_response", 0.0))
+    view.wait("DBIRTH", count=2, device="boiler-1")  # back: born again before its data
+    view.wait("DDATA", count=view_count(view, "DDATA") + 1, device="boiler-1")
     assert agent.stop() == 0
     ndeath = view.wait("NDEATH")[0]  # published by the agent itself, before DISCONNECT
     assert metric(ndeath, "bdSeq")["value"] == metric(nbirth, "bdSeq")["value"]
@@ -328,3 +338,7 @@ def test_ddeath_when_a_device_is_lost_and_ndeath_before_a_clean_stop(
     assert [v for v, _, _ in messages].count("NDEATH") == 1
     check_session_rules(messages)
     sub.close()
+
+
+def view_count(view: SparkplugView, verb: str) -> int:
+    return len(view.of(verb))
