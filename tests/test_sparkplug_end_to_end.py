@@ -130,7 +130,7 @@ def test_births_then_ddata_by_alias_with_one_seq_and_will_on_sigkill_matching_bd
 
     nbirth = view.wait("NBIRTH")[0]
     dbirth = view.wait("DBIRTH", device="boiler-1")[0]
-    view.wait("DDATA", count=5, device="boiler-1")
+    view.wait("DDATA", count=6, device="boiler-1")
 
     bd_seq = metric(nbirth, "bdSeq")["value"]
     rebirth = metric(nbirth, "Node Control/Rebirth")
@@ -149,8 +149,11 @@ def test_births_then_ddata_by_alias_with_one_seq_and_will_on_sigkill_matching_bd
     alias_names = {m["alias"]: m["name"] for m in dbirth["metrics"]}
     live = [m for p in view.of("DDATA", "boiler-1") for m in p["metrics"]
             if not m.get("is_historical")]
-    names = {alias_names[m["alias"]] for m in live}
-    assert "temperature" in names and "setpoint" not in names and "burner_on" not in names
+    counts = {name: 0 for name in by_name}
+    for m in live:
+        counts[alias_names[m["alias"]]] += 1
+    # (once at most: a DBIRTH taken before the first poll carries nulls, then the values)
+    assert counts["temperature"] >= 3 and counts["setpoint"] <= 1 and counts["burner_on"] <= 1
     setpoint = by_name["setpoint"]
     if "value" in setpoint:  # read before the birth: a negative Int16 in its own width
         assert signed(setpoint["value"], DATATYPES["Int16"]) == -5
