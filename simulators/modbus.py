@@ -8,6 +8,7 @@ the agent's request plan and its handling of broken devices.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -246,7 +247,9 @@ class ModbusSimulator:
             except (ConnectionError, asyncio.CancelledError):
                 pass
             finally:
-                writer.close()
+                # at shutdown the loop may already be closed when this coroutine is collected
+                with contextlib.suppress(RuntimeError):
+                    writer.close()
 
         return await asyncio.start_server(handle, host, port)
 

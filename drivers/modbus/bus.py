@@ -64,7 +64,12 @@ class Bus:
         self.users = 0
         self._quiet_since = 0.0  # monotonic time the line last fell silent
         self._heard = False  # bytes arrived during the current attempt
-        framer = _FRAMERS[config.framing]
+        self._config = config
+        self._path = config.port if config.is_tcp else resolve_port(config.port)
+        self._build()
+
+    def _build(self) -> None:
+        config, framer = self._config, _FRAMERS[self._config.framing]
         if config.is_tcp:
             host, _, port = config.port.removeprefix("tcp://").rpartition(":")
             self.client: Any = AsyncModbusTcpClient(
@@ -73,8 +78,7 @@ class Bus:
                 trace_packet=self._trace)
         else:
             self.client = AsyncModbusSerialClient(
-                resolve_port(config.port),  # usb:VID:PID[:SERIAL] -> today's tty, at every connect
-                framer=framer, baudrate=config.baudrate, parity=config.parity,
+                self._path, framer=framer, baudrate=config.baudrate, parity=config.parity,
                 stopbits=config.stopbits, bytesize=config.bytesize, timeout=config.timeout,
                 retries=0, reconnect_delay=0, trace_packet=self._trace)
         self.client.set_max_no_responses(_NEVER_GIVE_UP)
@@ -112,7 +116,17 @@ class Bus:
 
     async def ensure_connected(self) -> None:
         async with self.lock:
-            if not self.client.connected and not await self.client.connect():
+            if self.client.connected:
+                return
+            if not self._config.is_tcp:
+                # usb:VID:PID[:SERIAL] -> the tty it has now, at every (re)connect; pymodbus
+                # binds the path when the client is made, so a new path needs a new client
+                path = resolve_port(self.key)
+                if path != self._path:
+                    self.client.close()
+                    self._path = path
+                    self._build()
+            if not await self.client.connect():
                 raise DeviceDisconnected(f"cannot open {self.key}")
 
     def _trace(self, sending: bool, data: bytes) -> bytes:

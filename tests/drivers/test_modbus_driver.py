@@ -528,3 +528,27 @@ def test_the_bus_is_closed_when_its_last_device_detaches():
             assert port not in Bus._open
 
     run(test)
+
+
+def test_a_shared_bus_reopens_a_usb_identity_on_its_new_tty_while_devices_stay_attached(
+        monkeypatch):
+    """The bus outlives its users' reconnects on a shared line, so it resolves the port
+    again itself whenever it has to reopen it."""
+    from edge_agent_drivers.modbus import bus as bus_module
+
+    async def test() -> None:
+        async with line([unit(1, [("holding", 0, "uint16", 111)])]) as (first, _), \
+                line([unit(1, [("holding", 0, "uint16", 222)])]) as (second, _):
+            now = {"tty": first}
+            monkeypatch.setattr(bus_module, "resolve_port", lambda port: now["tty"])
+            _UNITS_ON["usb:0403:6001:FT1"] = _UNITS_ON[first]
+            async with driver("usb:0403:6001:FT1", [{"name": "a", "address": 0}]) as dev:
+                assert values(await dev.poll()) == {"a": 111}
+                dev._bus.client.close()  # the adapter went away: the transport is gone
+                now["tty"] = second
+                with pytest.raises(DeviceError):
+                    await dev.poll()
+                await dev.connect()  # what the runtime does next; the bus is still shared
+                assert values(await dev.poll()) == {"a": 222}
+
+    run(test)
