@@ -283,8 +283,7 @@ class PtyEndpoint:
         self._last_sent = 0.0
         self.silences: deque[float] = deque(maxlen=1000)
         self._loop = asyncio.get_running_loop()
-        self._pending = asyncio.Event()
-        self._task = self._loop.create_task(self._serve())
+        self._draining: asyncio.Task[None] | None = None
         self._loop.add_reader(self.master, self._readable)
 
     def _readable(self) -> None:
@@ -295,14 +294,14 @@ class PtyEndpoint:
         if not self._buffer and self._last_sent:
             self.silences.append(time.monotonic() - self._last_sent)
         self._buffer += data
-        self._pending.set()
+        if self._draining is None:  # one consumer at a time, in arrival order
+            self._draining = self._loop.create_task(self._drain())
 
-    async def _serve(self) -> None:
-        """One consumer in arrival order: frames split across reads are joined, not raced."""
-        while True:
-            await self._pending.wait()
-            self._pending.clear()
+    async def _drain(self) -> None:
+        try:
             await self.simulator.answer(self._framer, self._buffer, self._send)
+        finally:
+            self._draining = None
 
     def _send(self, frame: bytes) -> None:
         try:
@@ -312,7 +311,6 @@ class PtyEndpoint:
         self._last_sent = time.monotonic()
 
     def close(self) -> None:
-        self._task.cancel()
         self._loop.remove_reader(self.master)
         os.close(self.master)
         os.close(self._slave)

@@ -54,10 +54,13 @@ _NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data val
 class Bus:
     """One connection to one port, shared by every device configured on it."""
 
-    _open: ClassVar[dict[str, Bus]] = {}
+    #: open buses by (event loop, port): one owner per port within an agent; agents run
+    #: in-process side by side (tests) each get their own, bound to their own loop
+    _open: ClassVar[dict[tuple[asyncio.AbstractEventLoop, str], Bus]] = {}
 
     def __init__(self, config: ModbusDevice) -> None:
         self.key = config.port
+        self._registered: tuple[asyncio.AbstractEventLoop, str] | None = None
         self.settings = config.line_settings()
         self.silence = config.silence
         self.lock = asyncio.Lock()
@@ -92,9 +95,11 @@ class Bus:
 
     @classmethod
     def attach(cls, config: ModbusDevice) -> Bus:
-        bus = cls._open.get(config.port)
+        key = (asyncio.get_running_loop(), config.port)
+        bus = cls._open.get(key)
         if bus is None:
-            bus = cls._open[config.port] = cls(config)
+            bus = cls._open[key] = cls(config)
+            bus._registered = key
         elif bus.settings != config.line_settings():
             raise DeviceError(
                 f"{config.port} is already open as {_describe(bus.settings)} by another device; "
@@ -106,8 +111,8 @@ class Bus:
     def detach(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            if self._open.get(self.key) is self:
-                del self._open[self.key]
+            if self._open.get(self._registered) is self:
+                del self._open[self._registered]
             self.client.close()
 
     @property

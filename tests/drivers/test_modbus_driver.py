@@ -521,11 +521,14 @@ def test_the_bus_is_closed_when_its_last_device_detaches():
         async with line([unit(1, [("holding", 0, "uint16", 1)]),
                          unit(2, [("holding", 0, "uint16", 2)])]) as (port, _):
             async with driver(port, [{"name": "a", "address": 0}]) as d1:
-                async with driver(port, [{"name": "a", "address": 0}], unit=2):
-                    assert Bus._open[port].users == 2
-                assert Bus._open[port].users == 1
+                async with driver(port, [{"name": "a", "address": 0}], unit=2) as d2:
+                    assert d1._bus is d2._bus
+                    assert d1._bus.users == 2
+                bus = d1._bus
+                assert bus.users == 1 and bus.connected
                 assert values(await d1.poll()) == {"a": 1}
-            assert port not in Bus._open
+            assert bus not in Bus._open.values()
+            assert not bus.connected
 
     run(test)
 
