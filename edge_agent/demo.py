@@ -19,14 +19,15 @@ from edge_agent.mqtt import parse_url
 from edge_agent.runtime import Agent
 
 
-async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | None) -> None:
+async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | None,
+               local_broker: str = "auto") -> None:
     from edge_agent_simulators import runner, spec
 
     logs.configure("warning")
     sims = await runner.start(spec.load(None))
     broker: Any = None
     if broker_url is None:
-        if mosquitto_available():
+        if local_broker == "mosquitto" or (local_broker == "auto" and mosquitto_available()):
             broker = Mosquitto().start()
             broker_url = broker.url
             print(f"started mosquitto on {broker_url}")

@@ -180,10 +180,15 @@ class DeviceRunner:
         # queueing for the publisher) at the same instant.
         anchor = self.agent.started + self.phase * interval
         next_tick = None
+        task = asyncio.current_task()
         while True:
             started = loop.time()
             try:
                 sample = await driver.poll()
+                if task.cancelling():
+                    # Python 3.11's wait_for (inside pymodbus) can swallow a cancel that
+                    # lands as the response arrives; honour it here or shutdown hangs.
+                    raise asyncio.CancelledError
             except DeviceDisconnected:
                 raise  # the transport is gone (device unplugged): reconnect now, not in 3 polls
             except DeviceError as exc:
@@ -214,7 +219,10 @@ class DeviceRunner:
 
     async def _stream(self, driver: Driver) -> None:
         emit = self.agent.emit
+        task = asyncio.current_task()
         async for sample in driver.stream():
+            if task.cancelling():
+                raise asyncio.CancelledError  # see _poll
             emit(self, sample)
 
 
