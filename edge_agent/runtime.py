@@ -162,6 +162,8 @@ class DeviceRunner:
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), delay)
+        if asyncio.current_task().cancelling():
+            raise asyncio.CancelledError  # a cancel wait_for swallowed (see _poll)
 
     def _report_failure(self, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
