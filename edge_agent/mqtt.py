@@ -1,9 +1,12 @@
 """MQTT publishing with paho-mqtt 2.x: the outbox pump, the connection manager, failover.
 
 Design, and why:
-- One paho client per connection (a *session*). Its network thread runs paho's `loop()` and
-  does all socket I/O: `publish()` from the event loop only queues the packet and wakes that
-  thread, because an SSL socket must not be read and written from two threads at once.
+- One paho client per connection (a *session*), driven by the event loop itself: paho's
+  `loop_read`/`loop_write`/`loop_misc` run from `add_reader`/`add_writer` callbacks and a 1 s
+  timer, and `publish()` writes straight to the socket. No network thread: every socket
+  operation (plain or SSL) happens on the loop thread, and a reading costs no thread
+  hand-offs or wake-up pipes (only the blocking `connect()`, when nothing else touches the
+  client, runs in an executor).
 - The in-flight window (`mqtt.inflight` messages handed to paho, not yet acknowledged) dies
   with its session. The next session replays the outbox from its oldest row, in id order, so
   delivery stays in order per device and the only duplicates are that window's messages.
@@ -59,7 +62,10 @@ class _Session:
         self.inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self.cursor = 0  # highest outbox id handed to this session
         self.connack: asyncio.Future[Any] = loop.create_future()
-        self.ended = threading.Event()
+        self.ended = asyncio.Event()
+        self.fd: int | None = None  # registered with the event loop while connected
+        self.writing = False  # add_writer registered: paho has bytes the socket did not take
+        self.misc: asyncio.TimerHandle | None = None
         self.problem: str | None = None  # last error paho reported (e.g. a late TLS alert)
         self.rejected = 0
 
@@ -86,6 +92,7 @@ class MqttPublisher:
         self.last_error: str | None = None
         self.url: str | None = None  # the broker currently connected to
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._session: _Session | None = None
         self._acks: deque[tuple[_Session, int, Any]] = deque()
         self._ack_scheduled = False
@@ -114,7 +121,6 @@ class MqttPublisher:
             client.tls_set_context(self._tls_context())
             if cfg.tls and cfg.tls.insecure:
                 client.tls_insecure_set(True)
-        client.on_socket_register_write = _network_thread_writes
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -150,14 +156,14 @@ class MqttPublisher:
             context.check_hostname = False
         return context
 
-    # -- paho callbacks (network thread) -------------------------------------------------
+    # -- paho callbacks (event loop thread; on_log also during connect, in the executor) ---
     def _on_connect(self, client, session, flags, reason_code, properties) -> None:
-        self._call_soon(_set_result, session.connack, reason_code)
+        _set_result(session.connack, reason_code)  # before a refusal ends the session
 
     def _on_disconnect(self, client, session, flags, reason_code, properties) -> None:
         if getattr(reason_code, "is_failure", False) and session.problem is None:
             session.problem = f"broker disconnected: {reason_code}"
-        session.ended.set()
+        self._call_soon(self._end, session)
 
     def _on_publish(self, client, session, mid, reason_code, properties) -> None:
         self._acks.append((session, mid, reason_code))
@@ -176,8 +182,86 @@ class MqttPublisher:
             session.problem = text
 
     def _call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Runs `callback` on the loop, after paho's callback has returned: publishing from
+        inside a paho callback would only queue the packet."""
         with contextlib.suppress(RuntimeError):  # the loop is closing: nothing left to tell
-            self._loop.call_soon_threadsafe(callback, *args)
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(callback, *args)
+            else:
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- socket I/O on the event loop ----------------------------------------------------
+    def _attach(self, session: _Session) -> None:
+        sock = session.client.socket()
+        if sock is None:  # paho already lost it, e.g. writing CONNECT hit a TLS alert
+            self._end(session)
+            return
+        # Registered by number: paho may close the socket object before the loop forgets it.
+        session.fd = sock.fileno()
+        self._loop.add_reader(session.fd, self._readable, session)
+        session.misc = self._loop.call_later(1.0, self._housekeeping, session)
+        self._flush(session)
+        # An SSL socket may hold bytes the handshake already read (a TLS 1.3 alert, even the
+        # CONNACK): the fd will not turn readable for those, so read once now.
+        self._loop.call_soon(self._readable, session)
+
+    def _detach(self, session: _Session) -> None:
+        if session.misc is not None:
+            session.misc.cancel()
+            session.misc = None
+        if session.fd is not None:
+            self._loop.remove_reader(session.fd)
+            if session.writing:
+                self._loop.remove_writer(session.fd)
+            session.fd, session.writing = None, False
+        session.client.loop_write()  # best effort for a queued DISCONNECT
+        with contextlib.suppress(Exception):
+            session.client._sock_close()  # paho has no public close
+
+    def _readable(self, session: _Session) -> None:
+        if session.fd is None:
+            return
+        self._check(session, session.client.loop_read())
+        sock = session.client.socket()
+        if session.fd is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._loop.call_soon(self._readable, session)  # decrypted bytes left in SSL
+
+    def _writable(self, session: _Session) -> None:
+        self._check(session, session.client.loop_write())
+
+    def _housekeeping(self, session: _Session) -> None:
+        """paho's keepalive: PINGREQ when due, and the connection's death when PINGRESP is late."""
+        session.misc = self._loop.call_later(1.0, self._housekeeping, session)
+        self._check(session, session.client.loop_misc())
+
+    def _check(self, session: _Session, rc: MQTTErrorCode) -> None:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                session.problem = paho.error_string(rc)
+            self._end(session)
+            return
+        self._flush(session)
+
+    def _flush(self, session: _Session) -> None:
+        """Writes what paho queued; waits for the socket to drain when it takes less."""
+        client = session.client
+        if not client.want_write() or session.fd is None:
+            return
+        if not session.writing:
+            client.loop_write()
+            if not client.want_write():
+                return
+            session.writing = True
+            self._loop.add_writer(session.fd, self._writable, session)
+        elif not client.want_write():
+            session.writing = False
+            self._loop.remove_writer(session.fd)
+
+    def _end(self, session: _Session) -> None:
+        if not session.ended.is_set():
+            session.ended.set()
+            self._detach(session)
+            _set_result(session.connack, None)
 
     # -- event loop side -----------------------------------------------------------------
     def _drain_acks(self) -> None:
@@ -226,6 +310,7 @@ class MqttPublisher:
         for row in self.outbox.fetch(session.cursor, room):
             inflight[publish(row.topic, row.payload, qos=qos).mid] = row.id
             session.cursor = row.id
+        self._flush(session)
 
     def _pump_encoded(self, session: _Session) -> None:
         """Sparkplug: rows are encoded as they are handed to paho, because seq belongs to
@@ -244,6 +329,7 @@ class MqttPublisher:
                     skipped.append(row.id)
                 else:
                     inflight[publish(message[0], message[1], qos=message[2]).mid] = row.id
+            self._flush(session)
             if skipped:
                 self.outbox.ack(skipped)
                 if not self.outbox.depth():
@@ -256,6 +342,7 @@ class MqttPublisher:
         session = self._session
         if session is not None:
             session.client.disconnect()
+            self._flush(session)
 
     def publish_state(self, topic: str, payload: bytes) -> paho.MQTTMessageInfo | None:
         """Publishes a retained state message (statuses); dropped while disconnected, since
@@ -263,20 +350,27 @@ class MqttPublisher:
         session = self._session
         if session is None or not self.connected.is_set():
             return None
-        return session.client.publish(topic, payload, qos=1, retain=True)
+        info = session.client.publish(topic, payload, qos=1, retain=True)
+        self._flush(session)
+        return info
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publishes a message outside the outbox (command results), if connected."""
         session = self._session
         if session is not None and self.connected.is_set():
             session.client.publish(topic, payload, qos=qos)
+            self._flush(session)
 
     async def run(self) -> None:
         """Connects, and reconnects through the URL list with backoff, until stopped."""
         backoff = Backoff(initial=0.5, maximum=self.config.reconnect_max)
         while not self._stopping:
             for url in self.config.urls:
-                problem = await self._session_run(url)
+                try:
+                    problem = await self._session_run(url)
+                except Exception as exc:  # a bug here must not end publishing for good
+                    self.log.exception("mqtt_session_crashed", url=url)
+                    problem = self._fail(url, f"internal error: {exc!r}")
                 if self._stopping:
                     return
                 if problem is None:  # was connected, then lost: start over at the first URL
@@ -306,17 +400,14 @@ class MqttPublisher:
             return self._fail(url, f"TLS failure: {_ssl_text(exc)}")
         except OSError as exc:
             return self._fail(url, f"cannot connect: {exc.strerror or exc}")
-        thread = threading.Thread(target=self._network, args=(session,),
-                                  name="mqtt-network", daemon=True)
-        thread.start()
+        self._attach(session)
         try:
             reason = await asyncio.wait_for(asyncio.shield(session.connack),
                                             self.config.keepalive)
         except TimeoutError:
             reason = None
         if reason is None or reason.is_failure:
-            session.ended.set()
-            await self._loop.run_in_executor(None, thread.join)
+            self._end(session)
             return self._fail(url, _refusal_text(reason, session.problem))
         self._session, self.url = session, url
         self.last_error = None
@@ -324,11 +415,12 @@ class MqttPublisher:
                       backlog=self.outbox.depth())
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
+        self._flush(session)
         self.connected.set()
         for callback in self.on_connected:
             callback()
         self.pump()
-        await self._loop.run_in_executor(None, thread.join)
+        await session.ended.wait()
         self.connected.clear()
         self._session, self.url = None, None
         if not self._stopping:
@@ -347,19 +439,6 @@ class MqttPublisher:
         self.last_error = text
         self.log.error("mqtt_connect_failed", url=url, error=text)
         return text
-
-    def _network(self, session: _Session) -> None:
-        client = session.client
-        try:
-            while not session.ended.is_set():
-                rc = client.loop(timeout=1.0)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
-                        session.problem = paho.error_string(rc)
-                    break
-        finally:
-            session.ended.set()
-            self._call_soon(_set_result, session.connack, None)
 
     async def _sleep(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -383,20 +462,19 @@ class MqttPublisher:
             return
         if self.connected.is_set() and final is not None:
             info = session.client.publish(final[0], final[1], qos=1, retain=True)
+            self._flush(session)
             with contextlib.suppress(ValueError, RuntimeError):
+                # the PUBACK is read by this loop while the executor thread waits for it
                 await self._loop.run_in_executor(None, info.wait_for_publish, 2.0)
         session.client.disconnect()
-        await self._loop.run_in_executor(None, session.ended.wait, 2.0)
-        session.ended.set()
+        self._flush(session)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.ended.wait(), 2.0)
+        self._end(session)
 
 
 class _SetupError(Exception):
     """The client cannot even be configured (unreadable password or certificate file)."""
-
-
-def _network_thread_writes(client: Any, userdata: Any, sock: Any) -> None:
-    """paho's "register write" hook: with it set, `publish()` on the event loop thread only
-    queues and wakes the network thread instead of writing to the socket itself."""
 
 
 def _ssl_text(exc: BaseException) -> str:
