@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import operator
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ HEALTH_TIMEOUT = 2.0
 SNAPSHOT_TIMEOUT = 2.0
 #: outstanding publish-latency probes kept at most (one per flushed batch; see emit)
 MAX_LATENCY_PROBES = 4096
+
+_METRIC = operator.itemgetter("metric")
 
 
 @dataclass
@@ -281,7 +284,7 @@ class Agent:
         seq = outbox.next_seq(name)
         row_id = outbox.append(name, seq, runner.topic,
                                self.topics.telemetry_payload(name, seq, readings))
-        state.last_values.update((r["metric"], r) for r in readings)
+        state.last_values.update(zip(map(_METRIC, readings), readings, strict=True))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             if len(self._latency_probes) < MAX_LATENCY_PROBES:

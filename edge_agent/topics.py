@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from edge_agent import __version__
 from edge_agent.model import now_ms
 
@@ -29,8 +31,11 @@ class JsonTopics:
         return f"{self.prefix}/{self.node}/+/set/+"
 
     def telemetry_payload(self, device: str, seq: int, readings: list[dict[str, Any]]) -> bytes:
-        return _dumps({"node": self.node, "device": device, "seq": seq,
-                       "readings": readings}).encode()
+        # orjson: the telemetry encoder runs once per poll over every reading; the standard
+        # library's takes ~45 us for a 50-reading poll, orjson ~5 us. Non-finite floats never
+        # get here (the normaliser publishes them as null with quality bad).
+        return orjson.dumps({"node": self.node, "device": device, "seq": seq,
+                             "readings": readings})
 
     def node_status_payload(self, state: str) -> bytes:
         return _dumps({"state": state, "version": __version__, "ts": now_ms()}).encode()

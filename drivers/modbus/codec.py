@@ -42,6 +42,12 @@ def _compile(point: ModbusPoint, offset: int) -> Decoder:
     return lambda data: decode_value(data[offset:offset + size], type_name, order, bit)
 
 
+def _is_word(point: ModbusPoint) -> bool:
+    """A value that is one whole register: read from the register list as it is."""
+    return point.type in ("uint16", "int16") and point.bit is None and point.order in (
+        "ABCD", "CDAB")  # word order means nothing for one word
+
+
 class BlockDecoder:
     """Turns one block's response into readings for the points it covers."""
 
@@ -52,11 +58,20 @@ class BlockDecoder:
         else:
             self._words = [(p.name, _compile(p, (p.address - block.address) * 2))
                            for _, p in block.points]
+            # The common meter/PLC map is all 16-bit registers: those need no byte packing,
+            # one list index (and a sign fold for int16) per point.
+            self._plain = None
+            if all(_is_word(p) for _, p in block.points):
+                self._plain = [(p.name, p.address - block.address, p.type == "int16")
+                               for _, p in block.points]
         self._pack = struct.Struct(f">{block.count}H").pack
 
     def decode(self, values: Sequence[Any]) -> list[Reading]:
         if self.block.is_bits:
             return [Reading(name, bool(values[i]), GOOD) for name, i in self._bits]
+        if self._plain is not None and len(values) >= self.block.count:
+            return [Reading(name, v - 65536 if signed and v >= 32768 else v, GOOD)
+                    for name, i, signed in self._plain for v in (values[i] & 0xFFFF,)]
         data = self._pack(*values[: self.block.count])
         out = []
         for name, decoder in self._words:
