@@ -9,6 +9,12 @@ Why it is shaped this way:
   the OS page cache), and the event loop never waits for an fsync; after a power cut the
   last transactions since the WAL was synced (at each checkpoint) may be missing. The
   database itself never corrupts.
+- Checkpoints (the only step that fsyncs) run in a thread of their own on a connection of
+  their own, once a second: run inline by SQLite's auto-checkpoint they stalled the event
+  loop for 3 ms every ~4 MB of WAL, which was the whole p99 of the read-to-subscriber
+  latency.
+- Acknowledgements delete their rows in the next flush's transaction, so a poll costs one
+  commit, not two. Until then the rows are counted as gone and never fetched again.
 - `seq` lives in its own table, written in the same transaction as the messages that use
   it, so it continues across restarts even when every message has been acknowledged.
 - Ids are assigned here (rowid order = append order), so replay in id order is delivery in
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,8 @@ from edge_agent.outbox import DropEpisodes, MemoryOutbox, Row
 ROW_OVERHEAD = 40
 #: ids per DELETE statement (SQLite allows 32766 variables; keep statements small)
 DELETE_CHUNK = 500
+#: seconds between background WAL checkpoints
+CHECKPOINT_EVERY = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -61,12 +70,15 @@ class SqliteOutbox:
         self._seqs: dict[str, int] = {}
         self._dirty_seqs: dict[str, int] = {}
         self._pending: list[tuple[int, str, int, str, bytes]] = []
+        self._acked: list[int] = []  # acknowledged, deleted by the next flush
+        self._checkpointer: _Checkpointer | None = None
         self._last_id = 0
         self._depth = 0
         self._bytes = 0
         self._episodes = DropEpisodes(log, max_bytes)
         try:
             self._db = self._open()
+            self._checkpointer = _Checkpointer(self.path)
         except (sqlite3.Error, OSError) as exc:
             self._degrade(exc, "open")
 
@@ -91,6 +103,7 @@ class SqliteOutbox:
             if mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the _Checkpointer thread does it
             db.executescript(SCHEMA)
             self._seqs = dict(db.execute("SELECT device, seq FROM seqs"))
             depth, size, last = db.execute(
@@ -128,11 +141,13 @@ class SqliteOutbox:
     def flush(self) -> None:
         """Commits the queued rows and seqs in one transaction, dropping the oldest if full."""
         db = self._db
-        if db is None or not (self._pending or self._dirty_seqs):
+        if db is None or not (self._pending or self._dirty_seqs or self._acked):
             return
         added = sum(len(p) + len(t) + ROW_OVERHEAD for _, _, _, t, p in self._pending)
+        acked = self._acked
         try:
             db.execute("BEGIN")
+            removed, freed_by_acks = self._delete(db, acked) if acked else (0, 0)
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
             db.executemany("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
                            "DO UPDATE SET seq = excluded.seq", self._dirty_seqs.items())
@@ -145,13 +160,17 @@ class SqliteOutbox:
                 db.execute("ROLLBACK")
             self._degrade(exc, "commit")
             return
-        self._depth += len(self._pending) - dropped
-        self._bytes += added - freed
+        # ack() already counted the acknowledged rows out; some may have been dropped before
+        self._depth += len(self._pending) - dropped + len(acked) - removed
+        self._bytes += added - freed - freed_by_acks
         self._pending.clear()
         self._dirty_seqs.clear()
+        self._acked = []
         if dropped:
             self._dropped += dropped
             self._episodes.dropped(dropped, self._bytes)
+        if freed_by_acks:
+            self._episodes.check(self._bytes)
 
     def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
         """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row."""
@@ -170,6 +189,10 @@ class SqliteOutbox:
     def fetch(self, after_id: int, limit: int) -> list[Row]:
         if self._memory is not None:
             return self._memory.fetch(after_id, limit)
+        if self._acked:
+            self.flush()  # acknowledged rows must never be handed out again
+            if self._memory is not None:
+                return self._memory.fetch(after_id, limit)
         try:
             rows = self._db.execute(  # type: ignore[union-attr]
                 "SELECT id, device, seq, topic, payload FROM messages WHERE id > ? "
@@ -183,26 +206,19 @@ class SqliteOutbox:
         if self._memory is not None:
             self._memory.ack(ids)
             return
-        db = self._db
+        self._acked.extend(ids)
+        self._depth -= len(ids)
+
+    def _delete(self, db: sqlite3.Connection, ids: list[int]) -> tuple[int, int]:
+        """Deletes acknowledged rows inside the caller's transaction: (rows, bytes) freed."""
         removed, freed = 0, 0
-        try:
-            db.execute("BEGIN")  # type: ignore[union-attr]
-            for start in range(0, len(ids), DELETE_CHUNK):
-                chunk = ids[start:start + DELETE_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for (size,) in db.execute(  # type: ignore[union-attr]
-                        f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {_SIZE}", chunk):
-                    removed, freed = removed + 1, freed + size
-            db.execute("COMMIT")  # type: ignore[union-attr]
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")  # type: ignore[union-attr]
-            self._degrade(exc, "ack")
-            self._memory.ack(ids)  # type: ignore[union-attr]
-            return
-        self._depth -= removed
-        self._bytes -= freed
-        self._episodes.check(self._bytes)
+        for start in range(0, len(ids), DELETE_CHUNK):
+            chunk = ids[start:start + DELETE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for (size,) in db.execute(
+                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {_SIZE}", chunk):
+                removed, freed = removed + 1, freed + size
+        return removed, freed
 
     def depth(self) -> int:
         if self._memory is not None:
@@ -216,6 +232,9 @@ class SqliteOutbox:
 
     def close(self) -> None:
         self.flush()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -243,6 +262,8 @@ class SqliteOutbox:
                 self._db.close()
             self._db = None
         memory.restore(Row(*pending) for pending in self._pending)
+        memory.ack(self._acked)  # acknowledged before the failure: never resend them
+        self._acked = []
         memory._last_id = max(memory._last_id, self._last_id)
         self._pending.clear()
         self._dirty_seqs.clear()
@@ -251,3 +272,28 @@ class SqliteOutbox:
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(event, **fields)
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file once a second, off the event loop.
+
+    A checkpoint is where SQLite fsyncs. PASSIVE mode never blocks the writer, so the event
+    loop's commits go on while this thread waits for the disk.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._stop = threading.Event()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._thread = threading.Thread(target=self._run, name="buffer-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(CHECKPOINT_EVERY):
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
