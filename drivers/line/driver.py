@@ -45,11 +45,7 @@ class LineDriver(Driver):
                 for f in self.config.fields]
 
     async def connect(self) -> None:
-        c = self.config
-        transport = SerialTransport(c.port, baudrate=c.baudrate, bytesize=c.bytesize,
-                                    parity=c.parity, stopbits=c.stopbits)
-        await transport.open()
-        self._transport = transport
+        transport = self._transport = await SerialTransport.open_for(self.config)
         self._splitter.reset()
         if self.config.setup:
             transport.write(self.config.setup.encode(self.config.encoding))

@@ -44,6 +44,14 @@ class SerialTransport:
         self._thread: threading.Thread | None = None
         self.dropped_bytes = 0
 
+    @classmethod
+    async def open_for(cls, config: Any) -> SerialTransport:
+        """Opens the port of a device config with serial line keys (port, baudrate, ...)."""
+        transport = cls(config.port, baudrate=config.baudrate, bytesize=config.bytesize,
+                        parity=config.parity, stopbits=config.stopbits)
+        await transport.open()
+        return transport
+
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         path = resolve_port(self.port)  # usb:VID:PID[:SERIAL] -> the tty it has now

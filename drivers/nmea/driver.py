@@ -68,11 +68,7 @@ class NmeaDriver(Driver):
         return POINTS
 
     async def connect(self) -> None:
-        c = self.config
-        transport = SerialTransport(c.port, baudrate=c.baudrate, bytesize=c.bytesize,
-                                    parity=c.parity, stopbits=c.stopbits)
-        await transport.open()
-        self._transport = transport
+        self._transport = await SerialTransport.open_for(self.config)
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
