@@ -104,6 +104,10 @@ def _simulate(args: argparse.Namespace) -> int:
         sims = await runner.start(sim_spec)
         for sim in sims:
             print(f"# {sim.name}: {sim.where}")
+        env = runner.agent_env(sims)
+        if env:
+            print("# the agent needs this environment: "
+                  + " ".join(f"{key}={value}" for key, value in env.items()))
         print("# agent config for these devices:")
         print(yaml.safe_dump(runner.agent_config(sims, args.broker), sort_keys=False), flush=True)
         await stop.wait()

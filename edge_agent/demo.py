@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -36,6 +37,7 @@ async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | No
             broker = await start_embedded(port)
             broker_url = f"mqtt://127.0.0.1:{port}"
             print(f"started the embedded broker on {broker_url}")
+    os.environ.update(runner.agent_env(sims))  # the agent runs in this process
     agent_cfg = runner.agent_config(sims, broker_url)
     agent_cfg["http"] = {"enabled": False}
     agent = Agent(config_mod.validate(agent_cfg))

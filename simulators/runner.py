@@ -23,6 +23,8 @@ class Running:
     device_config: dict[str, Any]
     handle: Any = None
     units: dict[int, Unit] = field(default_factory=dict)
+    #: environment the agent needs to reach this device (simulated USB: the backend)
+    env: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.handle is not None:
@@ -124,3 +126,11 @@ async def start(spec: SimSpec) -> list[Running]:
 
 def agent_config(sims: list[Running], broker_url: str = "mqtt://127.0.0.1:1883") -> dict[str, Any]:
     return {"mqtt": {"url": broker_url}, "devices": [s.device_config for s in sims]}
+
+
+def agent_env(sims: list[Running]) -> dict[str, str]:
+    """The environment variables an agent needs to reach all of these simulators."""
+    env: dict[str, str] = {}
+    for sim in sims:
+        env.update(sim.env)
+    return env

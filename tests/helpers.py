@@ -20,9 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-
 from edge_agent_simulators import runner, spec
+from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 EDGE_AGENT = [sys.executable, "-m", "edge_agent"]
@@ -108,11 +107,19 @@ class SimulatorThread:
         if self.error:
             raise self.error
 
+    @property
+    def env(self) -> dict[str, str]:
+        return runner.agent_env(self.sims)
+
     def by_name(self, name: str) -> runner.Running:
         return next(s for s in self.sims if s.name == name)
 
-    def agent_config(self, broker_url: str, **top: Any) -> dict[str, Any]:
+    def agent_config(self, broker_url: str, usb: bool = False, **top: Any) -> dict[str, Any]:
+        """The agent config for these simulators. Simulated USB devices are left out unless
+        `usb` (they need the agent started with `self.env`)."""
         config = runner.agent_config(self.sims, broker_url)
+        if not usb:
+            config["devices"] = [d for d in config["devices"] if d["driver"] != "usb"]
         config.setdefault("http", {"enabled": False})
         config.update(top)
         return config

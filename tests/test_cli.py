@@ -33,6 +33,9 @@ def test_simulate_prints_endpoints_and_a_config_that_check_config_accepts(tmp_pa
     endpoints = [line for line in lines if line.startswith("# ") and ": " in line]
     assert any("boiler-1: tcp://127.0.0.1:" in line for line in endpoints)
     assert any("meter-1: /dev/pts/" in line for line in endpoints)
+    assert any(line.startswith("# thermo-1: usb 1a86:e025") for line in endpoints)
+    assert any(line.startswith("# the agent needs this environment: EDGE_AGENT_USB_BACKEND=")
+               for line in lines)
     config = yaml.safe_load("".join(line for line in lines if not line.startswith("#")))
     names = [d["name"] for d in config["devices"]]
     assert {"boiler-1", "meter-1", "meter-2"} <= set(names)
@@ -55,6 +58,8 @@ def test_demo_starts_mosquitto_and_shows_live_readings():
     assert any(line.startswith("boiler-1") and "temperature=" in line and "Cel" in line
                for line in out.splitlines())
     assert any(line.startswith("meter-2") and "voltage=" in line for line in out.splitlines())
+    # the simulated USB thermometer, reached through the pyusb backend the demo sets up
+    assert any(line.startswith("thermo-1") and "humidity=" in line for line in out.splitlines())
 
 
 def test_demo_falls_back_to_its_embedded_broker():

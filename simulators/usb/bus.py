@@ -126,4 +126,4 @@ async def start_usb(spec: Any, running: dict[str, Any]) -> Any:
     if config.get("serial"):
         where += f" serial {config['serial']}"
     return Running(spec.name, f"{where} (agent env: {env})", config,
-                   None if owner else bus)
+                   None if owner else bus, env=dict(bus.env))

@@ -103,7 +103,7 @@ def test_simulate_usb_kind_gives_a_config_and_env_an_agent_reads_through(
         assert th.device_config["endpoint"] == "0x81"
         env = th.handle.env  # both devices share one simulated bus, one env
         assert sims.by_name("logger-1").handle is None and env["EDGE_AGENT_USB_SIM"] in th.where
-        agent = start_agent(sims.agent_config(mosquitto.url, node="n2"), env=env)
+        agent = start_agent(sims.agent_config(mosquitto.url, usb=True, node="n2"), env=env)
         message = subscriber.wait_for("n2/th-1/telemetry")[0]
         assert message["readings"][0] == {**message["readings"][0], "metric": "temperature",
                                           "value": 23.25, "quality": "good"}
