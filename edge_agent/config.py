@@ -307,13 +307,40 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
             typed.append(device)
             continue
         try:
-            typed.append(driver_cls.config_model.model_validate(device.model_dump(exclude_unset=True)))
+            typed.append(driver_cls.config_model.model_validate(
+                device.model_dump(exclude_unset=True)))
         except ValidationError as exc:
             problems.extend(format_problems(exc, where))
+    problems.extend(_port_conflicts(typed))
     if problems:
         raise ConfigError(problems)
     config.devices = typed
     return config
+
+
+def _port_conflicts(devices: list[DeviceConfig]) -> list[str]:
+    """One owner per physical port: devices may share a port only when they use the same
+    driver and that driver serialises them (Modbus units on one RS-485 line or gateway)."""
+    from edge_agent import registry
+
+    owners: dict[str, DeviceConfig] = {}
+    problems = []
+    for index, device in enumerate(devices):
+        if not device.port or not device.enabled:
+            continue
+        first = owners.setdefault(device.port, device)
+        if first is device:
+            continue
+        try:
+            shares = registry.load(device.driver).shares_port
+        except DriverLoadError:
+            continue  # reported as the driver's problem
+        if device.driver != first.driver or not shares:
+            problems.append(
+                f"devices[{index}].port: '{device.port}' is already used by device "
+                f"'{first.name}'; only devices of one driver that shares its port (modbus) "
+                f"can be configured on the same port")
+    return problems
 
 
 def load(path: Path, *, strict_drivers: bool = True) -> AgentConfig:

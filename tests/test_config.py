@@ -65,6 +65,8 @@ BAD_CONFIGS = [
     (with_("devices.0.name", "a/b"), "devices[0].name:"),
     (with_("devices.0.port", _DELETE), "devices[0].port: is required"),
     (with_("devices.1", dict(DEVICE)), "device name 'boiler-1' is used twice"),
+    (with_("devices.1", {"name": "gps", "driver": "nmea", "port": "tcp://127.0.0.1:5020"}),
+     "devices[1].port: 'tcp://127.0.0.1:5020' is already used by device 'boiler-1'"),
     (with_("mqtt.qos", 3), "mqtt.qos: 3 is not one of 0, 1, 2"),
     (with_("mqtt.url", "http://broker"), "mqtt.url:"),
     (with_("mqtt.format", "xml"), "mqtt.format: 'xml' is not one of json, sparkplug"),
@@ -134,6 +136,13 @@ def test_check_config_prints_resolved_config_with_secrets_redacted(tmp_path, cap
     assert printed["mqtt"]["password_file"] == "/run/secrets/pw"  # a path, not the secret
     assert printed["devices"][0]["points"][0]["type"] == "int16"  # driver keys resolved
     assert printed["devices"][0]["unit"] == 1  # driver defaults filled in
+
+
+def test_modbus_units_may_share_one_port():
+    data = good()
+    data["devices"].append(dict(DEVICE, name="boiler-2", unit=2, points=[dict(POINT)]))
+    resolved = config.validate(data, environ={})
+    assert [d.unit for d in resolved.devices] == [1, 2]
 
 
 def test_env_overrides_scalars_at_any_depth_including_list_items():
