@@ -21,6 +21,10 @@ Why it is shaped this way:
   order per device.
 - `max_bytes` counts topic and payload bytes plus a per-row overhead estimate; when a
   commit would exceed it, the oldest rows go in the same transaction, counted in `dropped`.
+- Rows written while a backlog builds up (more than COMPRESS_BACKLOG waiting: the broker is
+  away or slow) are stored zlib-compressed, so `max_bytes` rides out a several times longer
+  outage (JSON telemetry compresses about 4-10x). Live rows, deleted milliseconds after
+  they are written, are stored as they are: compressing them would only cost CPU.
 - A full, read-only or broken disk never stops the agent: the outbox moves its backlog
   into a `MemoryOutbox` (same limit), keeps going, and says why in `degraded`.
 """
@@ -31,6 +35,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,8 @@ ROW_OVERHEAD = 40
 DELETE_CHUNK = 500
 #: seconds between background WAL checkpoints
 CHECKPOINT_EVERY = 1.0
+#: rows waiting beyond which new rows are stored compressed (a backlog, not the live window)
+COMPRESS_BACKLOG = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -49,7 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     device TEXT NOT NULL,
     seq INTEGER NOT NULL,
     topic TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    zipped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seqs (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """
@@ -105,6 +113,9 @@ class SqliteOutbox:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the _Checkpointer thread does it
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "zipped" not in columns:  # a buffer written by 0.1.0 before compression
+                db.execute("ALTER TABLE messages ADD COLUMN zipped INTEGER NOT NULL DEFAULT 0")
             self._seqs = dict(db.execute("SELECT device, seq FROM seqs"))
             depth, size, last = db.execute(
                 f"SELECT count(*), coalesce(sum({_SIZE}), 0), coalesce(max(id), 0) "
@@ -143,12 +154,13 @@ class SqliteOutbox:
         db = self._db
         if db is None or not (self._pending or self._dirty_seqs or self._acked):
             return
-        added = sum(len(p) + len(t) + ROW_OVERHEAD for _, _, _, t, p in self._pending)
+        rows = self._stored_rows()
+        added = sum(len(p) + len(t) + ROW_OVERHEAD for _, _, _, t, p, _ in rows)
         acked = self._acked
         try:
             db.execute("BEGIN")
             removed, freed_by_acks = self._delete(db, acked) if acked else (0, 0)
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
             db.executemany("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
                            "DO UPDATE SET seq = excluded.seq", self._dirty_seqs.items())
             dropped, freed = 0, 0
@@ -171,6 +183,12 @@ class SqliteOutbox:
             self._episodes.dropped(dropped, self._bytes)
         if freed_by_acks:
             self._episodes.check(self._bytes)
+
+    def _stored_rows(self) -> list[tuple[int, str, int, str, bytes, int]]:
+        """The pending rows as stored: compressed while a backlog is building up."""
+        if self._depth + len(self._pending) <= COMPRESS_BACKLOG:
+            return [(*row, 0) for row in self._pending]
+        return [(i, d, s, t, zlib.compress(p, 1), 1) for i, d, s, t, p in self._pending]
 
     def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
         """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row."""
@@ -195,12 +213,12 @@ class SqliteOutbox:
                 return self._memory.fetch(after_id, limit)
         try:
             rows = self._db.execute(  # type: ignore[union-attr]
-                "SELECT id, device, seq, topic, payload FROM messages WHERE id > ? "
+                "SELECT id, device, seq, topic, payload, zipped FROM messages WHERE id > ? "
                 "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         except sqlite3.Error as exc:
             self._degrade(exc, "read")
             return self._memory.fetch(after_id, limit)  # type: ignore[union-attr]
-        return list(map(Row._make, rows))
+        return [_row(*row) for row in rows]
 
     def ack(self, ids: list[int]) -> None:
         if self._memory is not None:
@@ -253,8 +271,8 @@ class SqliteOutbox:
         memory = MemoryOutbox(self.max_bytes, seqs=self._seqs, log=self.log)
         if self._db is not None:
             try:
-                memory.restore(map(Row._make, self._db.execute(
-                    "SELECT id, device, seq, topic, payload FROM messages ORDER BY id")))
+                memory.restore(_row(*row) for row in self._db.execute(
+                    "SELECT id, device, seq, topic, payload, zipped FROM messages ORDER BY id"))
             except sqlite3.Error as read_exc:
                 self._log("error", "buffer_backlog_unreadable", error=str(read_exc),
                           lost=self._depth)
@@ -272,6 +290,10 @@ class SqliteOutbox:
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(event, **fields)
+
+
+def _row(row_id: int, device: str, seq: int, topic: str, payload: bytes, zipped: int) -> Row:
+    return Row(row_id, device, seq, topic, zlib.decompress(payload) if zipped else payload)
 
 
 class _Checkpointer:
