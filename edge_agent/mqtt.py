@@ -408,7 +408,9 @@ class MqttPublisher:
             reason = None
         if reason is None or reason.is_failure:
             self._end(session)
-            return self._fail(url, _refusal_text(reason, session.problem))
+            tls = parse_url(url)[2]
+            no_cert = tls and not (self.config.tls and self.config.tls.cert_file)
+            return self._fail(url, _refusal_text(reason, session.problem, no_cert))
         self._session, self.url = session, url
         self.last_error = None
         self.log.info("mqtt_connected", url=url, protocol=self.config.protocol,
@@ -481,8 +483,16 @@ def _ssl_text(exc: BaseException) -> str:
     return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
 
 
-def _refusal_text(reason: Any, problem: str | None) -> str:
+def _refusal_text(reason: Any, problem: str | None, no_client_cert: bool = False) -> str:
     if reason is None:
+        # TLS 1.3 refuses a missing client certificate only after the handshake: the agent
+        # reads the broker's alert, or, when the broker's reset overtakes the alert, just the
+        # connection ending. Both mean the same to an operator who configured no certificate.
+        if no_client_cert and problem and (
+                "EOF occurred in violation of protocol" in problem or "reset" in problem):
+            return ("TLS failure: the broker requires a client certificate or rejected the "
+                    "TLS session (set mqtt.tls.cert_file and key_file if it needs one): "
+                    f"{problem}")
         if problem and "CERTIFICATE_REQUIRED" in problem:
             return (f"TLS failure: the broker requires a client certificate (set "
                     f"mqtt.tls.cert_file and key_file): {problem}")
