@@ -11,45 +11,28 @@ removed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
 import random
 import time
-import tty
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent_simulators.pty import Pty
 from edge_agent_simulators.waves import Wave
 
 
-class PtyPort:
-    """The master side of a pty; the slave's path is the 'serial port' a driver opens.
-
-    Writes never block: when nobody reads, the pty's buffer fills and output is dropped, as
-    a real device's output is lost when no one listens.
-    """
+class PtyPort(Pty):
+    """A pty for line-based instruments: commands arrive as lines, output goes out timed."""
 
     def __init__(self, on_line: Callable[[bytes], None] | None = None,
                  terminator: bytes = b"\r") -> None:
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
-        os.set_blocking(self.master, False)
-        self._loop = asyncio.get_running_loop()
+        super().__init__(self._received if on_line is not None else None)
         self._on_line, self._terminator = on_line, terminator
         self._buffer = b""
-        self.dropped = 0
         self._timers: list[asyncio.Handle | None] = []
-        if on_line is not None:
-            self._loop.add_reader(self.master, self._readable)
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except OSError:
-            return
+    def _received(self, data: bytes) -> None:
         self._buffer += data
         while True:
             cut = min((i for i in (self._buffer.find(b"\r"), self._buffer.find(b"\n"))
@@ -59,12 +42,6 @@ class PtyPort:
             line, self._buffer = self._buffer[:cut], self._buffer[cut + 1:]
             if line:
                 self._on_line(line)  # type: ignore[misc]
-
-    def write(self, data: bytes) -> None:
-        try:
-            os.write(self.master, data)
-        except (BlockingIOError, OSError):
-            self.dropped += len(data)
 
     def every(self, period: float, tick: Callable[[], None]) -> None:
         """Calls `tick` every `period` seconds on a fixed schedule until closed."""
@@ -81,11 +58,7 @@ class PtyPort:
         for timer in self._timers:
             if timer is not None:
                 timer.cancel()
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(self.master)
-        for fd in (self.master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        super().close()
 
 
 class SicsScale:

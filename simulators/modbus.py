@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
-import tty
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent_simulators.pty import Pty
 from edge_agent_simulators.waves import Wave
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerAscii, FramerRTU, FramerSocket
@@ -265,7 +264,7 @@ def _corrupt_check(frame: bytes, framing: str) -> bytes:
     return frame[:-1] + bytes([frame[-1] ^ 0xFF])
 
 
-class PtyEndpoint:
+class PtyEndpoint(Pty):
     """A pseudo-terminal whose slave side is the 'serial port' a driver opens.
 
     It records the silence the master kept before each request (time from our last answer
@@ -273,24 +272,15 @@ class PtyEndpoint:
     """
 
     def __init__(self, simulator: ModbusSimulator) -> None:
+        super().__init__(self._received)
         self.simulator = simulator
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
-        os.set_blocking(self.master, False)
         self._framer = simulator._framer()
         self._buffer = bytearray()
         self._last_sent = 0.0
         self.silences: deque[float] = deque(maxlen=1000)
-        self._loop = asyncio.get_running_loop()
         self._draining: asyncio.Task[None] | None = None
-        self._loop.add_reader(self.master, self._readable)
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except OSError:
-            return
+    def _received(self, data: bytes) -> None:
         if not self._buffer and self._last_sent:
             self.silences.append(time.monotonic() - self._last_sent)
         self._buffer += data
@@ -304,13 +294,5 @@ class PtyEndpoint:
             self._draining = None
 
     def _send(self, frame: bytes) -> None:
-        try:
-            os.write(self.master, frame)
-        except OSError:
-            return
-        self._last_sent = time.monotonic()
-
-    def close(self) -> None:
-        self._loop.remove_reader(self.master)
-        os.close(self.master)
-        os.close(self._slave)
+        if self.write(frame):
+            self._last_sent = time.monotonic()
