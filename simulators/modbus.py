@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent_simulators.pty import Pty
-from edge_agent_simulators.waves import Wave
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerAscii, FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse
 
 from edge_agent.decode import encode_value, register_count
+from edge_agent_simulators.pty import Pty
+from edge_agent_simulators.waves import Wave
 
 _FUNCTION_TABLES = {1: "coil", 5: "coil", 15: "coil", 2: "discrete",
                     3: "holding", 6: "holding", 16: "holding", 23: "holding", 4: "input"}

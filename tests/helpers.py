@@ -20,8 +20,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import yaml
-from edge_agent_simulators import runner, spec
 from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent_simulators import runner, spec
 
 REPO = Path(__file__).resolve().parents[1]
 EDGE_AGENT = [sys.executable, "-m", "edge_agent"]

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from edge_agent_simulators.modbus import PtyEndpoint
 
 from edge_agent import runtime
+from edge_agent_simulators.modbus import PtyEndpoint
 from tests.helpers import SimulatorThread, wait_until
 from tests.inprocess import AgentThread
 

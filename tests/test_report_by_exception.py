@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from edge_agent_simulators.waves import Wave
 
 from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample
 from edge_agent.normalize import Normalizer
+from edge_agent_simulators.waves import Wave
 from tests.helpers import SimulatorThread, run_cli, wait_until
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from edge_agent_simulators.usb.bus import SimulatedBus
 from serial.tools import list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
 from edge_agent import config as config_mod
 from edge_agent import ports, scan
+from edge_agent_simulators.usb.bus import SimulatedBus
 from tests.helpers import run_cli
 
 

@@ -13,9 +13,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent_drivers.line.config import LineDevice, LineField
-
 from edge_agent.model import BAD, GOOD, UNCERTAIN, Reading
+from edge_agent_drivers.line.config import LineDevice, LineField
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f"})

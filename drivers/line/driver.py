@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from edge_agent import logs
+from edge_agent.driver import Driver
+from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
+from edge_agent.model import PointSpec, Reading, Sample, now_ms
 from edge_agent_drivers.line.codec import LineError, LineParser
 from edge_agent_drivers.line.config import LineDevice
 from edge_agent_drivers.line.framing import LineSplitter
 from edge_agent_drivers.line.tally import FaultTally
 from edge_agent_drivers.line.transport import SerialTransport
-
-from edge_agent import logs
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
 
 
 class LineDriver(Driver):

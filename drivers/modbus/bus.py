@@ -17,13 +17,13 @@ import asyncio
 from time import monotonic
 from typing import Any, ClassVar
 
-from edge_agent_drivers.modbus.config import ModbusDevice
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
 from edge_agent.ports import resolve_port
+from edge_agent_drivers.modbus.config import ModbusDevice
 
 _FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
 #: requests without an answer after which pymodbus would drop a TCP connection on its own;

@@ -11,11 +11,10 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent_drivers.modbus.config import ModbusPoint
-from edge_agent_drivers.modbus.plan import Block
-
 from edge_agent.decode import TYPES, decode_value
 from edge_agent.model import BAD, GOOD, Reading
+from edge_agent_drivers.modbus.config import ModbusPoint
+from edge_agent_drivers.modbus.plan import Block
 
 Decoder = Callable[[bytes], Any]
 

@@ -21,16 +21,15 @@ import contextlib
 import struct
 from typing import Any
 
-from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
-from edge_agent_drivers.modbus.codec import BlockDecoder
-from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
-from edge_agent_drivers.modbus.plan import plan, split
-
 from edge_agent import logs
 from edge_agent.decode import encode_value
 from edge_agent.driver import Driver
 from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
 from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
+from edge_agent_drivers.modbus.codec import BlockDecoder
+from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
+from edge_agent_drivers.modbus.plan import plan, split
 
 #: first wait before asking a busy (06) unit again; doubles per retry, capped at the timeout
 BUSY_BACKOFF = 0.05

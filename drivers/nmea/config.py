@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from edge_agent_drivers.line.config import SerialDevice
 from pydantic import Field, field_validator
+
+from edge_agent_drivers.line.config import SerialDevice
 
 SentenceType = Literal["GGA", "RMC", "VTG", "GSA", "GLL", "ZDA"]
 

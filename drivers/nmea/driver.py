@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from edge_agent import logs
+from edge_agent.driver import Driver
+from edge_agent.errors import DeviceDisconnected
+from edge_agent.model import PointSpec, Sample, now_ms
 from edge_agent_drivers.line.framing import LineSplitter
 from edge_agent_drivers.line.tally import FaultTally
 from edge_agent_drivers.line.transport import SerialTransport
@@ -22,11 +26,6 @@ from edge_agent_drivers.nmea.codec import (
     parse_sentence,
 )
 from edge_agent_drivers.nmea.config import NmeaDevice
-
-from edge_agent import logs
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected
-from edge_agent.model import PointSpec, Sample, now_ms
 
 #: longer than any sentence (82 by the standard; some receivers send ~120)
 MAX_SENTENCE = 512

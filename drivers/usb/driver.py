@@ -13,13 +13,13 @@ from typing import Any
 
 import usb.core
 import usb.util
-from edge_agent_drivers.usb.config import UsbDevice
-from edge_agent_drivers.usb.report import ReportDecoder
 
 from edge_agent.driver import BlockingDriver
 from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout
 from edge_agent.model import PointSpec, Sample, now_ms
 from edge_agent.ports import usb_backend
+from edge_agent_drivers.usb.config import UsbDevice
+from edge_agent_drivers.usb.report import ReportDecoder
 
 # HID class requests (Device Class Definition for HID 1.11, section 7.2)
 HID_GET_REPORT, HID_SET_REPORT = 0x01, 0x09

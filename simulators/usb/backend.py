@@ -22,8 +22,9 @@ from typing import Any
 
 import usb.backend
 import yaml
-from edge_agent_simulators.usb.devices import MODELS, UsbModel
 from usb.core import USBError, USBTimeoutError
+
+from edge_agent_simulators.usb.devices import MODELS, UsbModel
 
 SIM_ENV = "EDGE_AGENT_USB_SIM"
 BACKEND_SPEC = "edge_agent_simulators.usb.backend:get_backend"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from edge_agent_simulators.usb.backend import BACKEND_SPEC, SIM_ENV
 from edge_agent_simulators.usb.devices import MODELS
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from edge_agent_drivers.line.codec import LineError, LineParser
-from edge_agent_drivers.line.config import LineDevice
-from edge_agent_drivers.line.framing import LineSplitter
-from edge_agent_simulators.line import SICS_PATTERN, SicsScale
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.config import ConfigError, validate
 from edge_agent.model import BAD, GOOD, UNCERTAIN
+from edge_agent_drivers.line.codec import LineError, LineParser
+from edge_agent_drivers.line.config import LineDevice
+from edge_agent_drivers.line.framing import LineSplitter
+from edge_agent_simulators.line import SICS_PATTERN, SicsScale
 
 
 def parser(**keys) -> LineParser:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from edge_agent.errors import DeviceTimeout, ProtocolError
 from edge_agent_drivers.line.config import LineDevice
 from edge_agent_drivers.line.driver import LineDriver
 from edge_agent_simulators.line import SICS_PATTERN, CsvSensor, ScaleDevice, SicsScale
-
-from edge_agent.errors import DeviceTimeout, ProtocolError
 from tests.helpers import SimulatorThread, wait_until
 
 

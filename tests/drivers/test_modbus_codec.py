@@ -5,11 +5,11 @@ from __future__ import annotations
 import struct
 
 import pytest
+
+from edge_agent.model import BAD, GOOD, Reading
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusPoint
 from edge_agent_drivers.modbus.plan import plan
-
-from edge_agent.model import BAD, GOOD, Reading
 from tests.test_decode import TABLE
 
 

@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+
+from edge_agent.errors import DeviceError, DeviceTimeout, ProtocolError, WriteRefused
+from edge_agent.model import BAD, GOOD
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.config import ModbusDevice
 from edge_agent_drivers.modbus.driver import ModbusDriver
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.waves import Wave
-
-from edge_agent.errors import DeviceError, DeviceTimeout, ProtocolError, WriteRefused
-from edge_agent.model import BAD, GOOD
 from tests.test_decode import TABLE
 
 

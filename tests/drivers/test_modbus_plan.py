@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
 from edge_agent_drivers.modbus.plan import plan, split
 

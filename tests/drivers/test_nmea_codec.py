@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.model import GOOD, UNCERTAIN
 from edge_agent_drivers.nmea.codec import (
     ChecksumError,
     EpochAssembler,
@@ -20,10 +24,6 @@ from edge_agent_drivers.nmea.codec import (
     parse_longitude,
     parse_sentence,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from edge_agent.model import GOOD, UNCERTAIN
 
 
 def values(line: bytes) -> dict[str, object]:

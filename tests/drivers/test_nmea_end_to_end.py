@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from edge_agent.errors import DeviceDisconnected
 from edge_agent_drivers.nmea.config import NmeaDevice
 from edge_agent_drivers.nmea.driver import KNOTS_TO_METRES_PER_SECOND, NmeaDriver
 from edge_agent_simulators.nmea import NmeaDevice as SimulatedReceiver
 from edge_agent_simulators.nmea import NmeaReceiver
-
-from edge_agent.errors import DeviceDisconnected
 from tests.helpers import SimulatorThread, wait_until
 
 FAULTS = {"bad_checksum": 0.15, "truncated": 0.08, "noise": 0.08}

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edge_agent_drivers.usb.config import UsbDevice
-from edge_agent_drivers.usb.driver import UsbDriver
-from edge_agent_simulators.usb.bus import SimulatedBus
 
 from edge_agent import config as config_mod
 from edge_agent import ports
 from edge_agent.errors import ConfigError, DeviceDisconnected, DeviceError, DeviceTimeout
 from edge_agent.model import BAD, GOOD
+from edge_agent_drivers.usb.config import UsbDevice
+from edge_agent_drivers.usb.driver import UsbDriver
+from edge_agent_simulators.usb.bus import SimulatedBus
 
 
 @pytest.fixture

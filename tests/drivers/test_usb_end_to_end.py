@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_agent_simulators.usb.bus import SimulatedBus
-
 from tests.helpers import run_cli
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from edge_agent_drivers.usb.config import UsbField
-from edge_agent_drivers.usb.report import ReportDecoder
 
 from edge_agent.model import BAD, GOOD
+from edge_agent_drivers.usb.config import UsbField
+from edge_agent_drivers.usb.report import ReportDecoder
 
 
 def decode(data: bytes, *fields: dict) -> dict:
