@@ -164,8 +164,9 @@ class SqliteOutbox:
             db.executemany("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
                            "DO UPDATE SET seq = excluded.seq", self._dirty_seqs.items())
             dropped, freed = 0, 0
-            if self._bytes + added > self.max_bytes:
-                dropped, freed = self._drop_oldest(db, self._bytes + added - self.max_bytes)
+            size = self._bytes - freed_by_acks + added  # after this transaction
+            if size > self.max_bytes:
+                dropped, freed = self._drop_oldest(db, size - self.max_bytes)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -207,10 +208,6 @@ class SqliteOutbox:
     def fetch(self, after_id: int, limit: int) -> list[Row]:
         if self._memory is not None:
             return self._memory.fetch(after_id, limit)
-        if self._acked:
-            self.flush()  # acknowledged rows must never be handed out again
-            if self._memory is not None:
-                return self._memory.fetch(after_id, limit)
         try:
             rows = self._db.execute(  # type: ignore[union-attr]
                 "SELECT id, device, seq, topic, payload, zipped FROM messages WHERE id > ? "
@@ -218,6 +215,10 @@ class SqliteOutbox:
         except sqlite3.Error as exc:
             self._degrade(exc, "read")
             return self._memory.fetch(after_id, limit)  # type: ignore[union-attr]
+        if self._acked and rows and rows[0][0] <= max(self._acked):
+            # acknowledged rows not yet deleted (a replay from the start): never hand them out
+            acked = set(self._acked)
+            return [_row(*row) for row in rows if row[0] not in acked]
         return [_row(*row) for row in rows]
 
     def ack(self, ids: list[int]) -> None:
