@@ -32,8 +32,9 @@ class LineDriver(Driver):
         self.streaming = config.mode == "stream"  # type: ignore[misc]  # per device, not class
         self.parser = LineParser(config)
         self.log = logs.get("edge_agent.driver.line", device=config.name)
-        #: inputs dropped since start, by kind; read by the runtime's metrics
-        self.counters = FaultTally(self.log, "line_dropped")
+        #: inputs dropped since start, by kind: also the device's error counter, so they
+        #: reach /metrics as edge_agent_read_errors_total{kind="no_match"...}
+        self.counters = self.errors = FaultTally(self.log, "line_dropped")
         self._terminator = config.terminator.encode(config.encoding)
         self._splitter = LineSplitter(self._terminator, config.max_line)
         self._command = config.command.encode(config.encoding) if config.command else b""

@@ -55,8 +55,9 @@ class NmeaDriver(Driver):
         super().__init__(config)
         self.config: NmeaDevice = config
         self.log = logs.get("edge_agent.driver.nmea", device=config.name)
-        #: sentences dropped since start, by kind; read by the runtime's metrics
-        self.counters = FaultTally(self.log, "nmea_sentence_dropped")
+        #: sentences dropped since start, by kind: also the device's error counter, so they
+        #: reach /metrics as edge_agent_read_errors_total{kind="checksum"...}
+        self.counters = self.errors = FaultTally(self.log, "nmea_sentence_dropped")
         #: sentences decoded, by type (diagnostics: what the receiver actually sends)
         self.sentences: Counter[str] = Counter()
         self._types = frozenset(config.sentences or DECODERS)

@@ -100,3 +100,24 @@ def test_positions_reach_mqtt_in_degrees_metres_and_metres_per_second_despite_fa
         assert agent.stop() == 0
     finally:
         sims.close()
+
+
+def test_dropped_sentences_are_counted_by_kind_in_metrics(mosquitto):
+    from tests.inprocess import AgentThread, sample_value
+
+    sims = SimulatorThread({"devices": [{"name": "gps-1", "kind": "nmea", "rate": 20,
+                                         "faults": {"bad_checksum": 0.3}}]})
+    agent = None
+    try:
+        agent = AgentThread(sims.agent_config(mosquitto.url, node="n3")).start()
+
+        def checksum_errors() -> float:
+            return sample_value(agent.metrics(), "edge_agent_read_errors_total",
+                                device="gps-1", kind="checksum") or 0
+        wait_until(lambda: checksum_errors() >= 3, timeout=20, what="checksum errors in /metrics")
+        counted = agent.call(lambda: agent.agent.runners["gps-1"].driver.counters["checksum"])
+        assert counted >= checksum_errors() >= 3  # one counter, read at scrape time
+    finally:
+        if agent is not None:
+            agent.stop()
+        sims.close()
