@@ -320,12 +320,12 @@ class Agent:
         probes = self._latency_probes
         if not probes:
             return
-        now_ms = time.time_ns() // 1_000_000
+        now = time.time()  # not truncated to ms: a sub-millisecond publish is not 0
         observe = self.metrics.publish_latency.observe
         for row_id in ids:
             read_ms = probes.pop(row_id, None)
             if read_ms is not None:
-                observe(max(0, now_ms - read_ms) / 1000)
+                observe(max(0.0, now - read_ms / 1000))
 
     # -- status --------------------------------------------------------------------------
     def publish_device_status(self, runner: DeviceRunner) -> None:
