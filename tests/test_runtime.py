@@ -36,10 +36,12 @@ def test_a_slow_poll_skips_ticks_and_stays_on_the_interval_grid(mosquitto, slow_
         messages = watcher.wait_for("slow-plc/telemetry", count=8, timeout=20)
         stamps = [m["readings"][0]["ts"] for m in messages]
         gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]  # after the first
-        # each poll takes 250 ms, so it lands on every third 100 ms tick: no pile-up of the
-        # missed ticks (which would poll back to back), and no drift off the grid
-        assert all(280 <= gap <= 330 for gap in gaps), gaps
-        assert all(abs((ts - stamps[1] + 50) % 100 - 50) <= 20 for ts in stamps[1:]), stamps
+        # each poll takes 250 ms, so it lands on a later 100 ms tick (every third one on an
+        # idle machine): never back to back (no pile-up of the missed ticks), and always on
+        # the grid (no drift)
+        ticks = [round(gap / 100) for gap in gaps]
+        assert all(k >= 3 for k in ticks), gaps
+        assert all(abs((ts - stamps[1] + 50) % 100 - 50) <= 30 for ts in stamps[1:]), stamps
         skipped = sample_value(agent.metrics(), "edge_agent_poll_ticks_skipped_total",
                                device="slow-plc")
         assert skipped >= 2 * (len(stamps) - 2)
