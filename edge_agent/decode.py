@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from typing import Any
 
 # type name -> (struct code, size in bytes)
@@ -84,3 +85,25 @@ def encode_value(value: Any, type_name: str, order: str = "ABCD", length: int = 
     if code not in "fd":
         value = round(value)
     return from_big_endian(struct.pack(">" + code, value), order)
+
+
+def unpacker(fmt: str, offset: int) -> Callable[[bytes], Any]:
+    """A decoder of one fixed-size value at `offset` (struct format, e.g. ">f" or "<H").
+
+    Compiled once per point, so decoding a poll is one struct call per value. Floats follow
+    decode_value's rules: NaN or infinite is None, a float32 keeps its 7 significant digits.
+    """
+    unpack_from = struct.Struct(fmt).unpack_from
+    code = fmt[-1]
+    if code == "f":
+        def float32(data: bytes) -> Any:
+            value = unpack_from(data, offset)[0]
+            return float(f"{value:.7g}") if math.isfinite(value) else None
+        return float32
+    if code == "d":
+        def float64(data: bytes) -> Any:
+            value = unpack_from(data, offset)[0]
+            return value if math.isfinite(value) else None
+        return float64
+    return lambda data: unpack_from(data, offset)[0]
+

@@ -6,12 +6,11 @@ on one bytes object, with no per-register objects.
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.decode import TYPES, decode_value
+from edge_agent.decode import TYPES, decode_value, unpacker
 from edge_agent.model import BAD, GOOD, Reading
 from edge_agent_drivers.modbus.config import ModbusPoint
 from edge_agent_drivers.modbus.plan import Block
@@ -22,20 +21,7 @@ Decoder = Callable[[bytes], Any]
 def _compile(point: ModbusPoint, offset: int) -> Decoder:
     """A function from the block's bytes to this point's raw value (None when undecodable)."""
     if point.type in TYPES and point.order == "ABCD" and point.bit is None:
-        code, _ = TYPES[point.type]
-        unpack_from = struct.Struct(">" + code).unpack_from
-        if code == "f":
-            def decode_float32(data: bytes) -> Any:
-                value = unpack_from(data, offset)[0]
-                # a float32 has 7 significant digits; print no more than it holds
-                return float(f"{value:.7g}") if math.isfinite(value) else None
-            return decode_float32
-        if code == "d":
-            def decode_float64(data: bytes) -> Any:
-                value = unpack_from(data, offset)[0]
-                return value if math.isfinite(value) else None
-            return decode_float64
-        return lambda data: unpack_from(data, offset)[0]
+        return unpacker(">" + TYPES[point.type][0], offset)
     size = point.registers * 2
     type_name, order, bit = point.type, point.order, point.bit
     return lambda data: decode_value(data[offset:offset + size], type_name, order, bit)

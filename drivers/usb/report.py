@@ -7,11 +7,11 @@ costs one struct call per field. A field the report is too short for is publishe
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.decode import unpacker
 from edge_agent.model import BAD, GOOD, Reading
 from edge_agent_drivers.usb.config import UsbField
 
@@ -37,19 +37,7 @@ def _compile(field: UsbField) -> Callable[[bytes], Any]:
         bit = field.bit
         order = field.endian
         return lambda data: bool(int.from_bytes(data[offset:offset + size], order) >> bit & 1)
-    code = _CODES[field.type]
-    unpack_from = struct.Struct((">" if field.endian == "big" else "<") + code).unpack_from
-    if code == "f":
-        def float32(data: bytes) -> Any:
-            value = unpack_from(data, offset)[0]
-            return float(f"{value:.7g}") if math.isfinite(value) else None
-        return float32
-    if code == "d":
-        def float64(data: bytes) -> Any:
-            value = unpack_from(data, offset)[0]
-            return value if math.isfinite(value) else None
-        return float64
-    return lambda data: unpack_from(data, offset)[0]
+    return unpacker((">" if field.endian == "big" else "<") + _CODES[field.type], offset)
 
 
 class ReportDecoder:
