@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from edge_agent.model import BAD, GOOD
-from edge_agent.sparkplug import sparkplug_b_pb2 as pb
+from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
 
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
