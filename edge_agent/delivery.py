@@ -34,7 +34,7 @@ class Delivery:
         self.publisher: MqttPublisher | None = None
         self._output: Output | None = None
         self._task: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
@@ -72,6 +72,7 @@ class Delivery:
     def start(self, config: MqttConfig, client_id: str, output: Output,
               on_message: MessageHandler) -> None:
         """Connects `output` to the broker: a publisher that runs until `stop`."""
+        self._loop = asyncio.get_running_loop()
         self._output = output
         self.publisher = MqttPublisher(config, client_id, self.outbox, output,
                                        on_message=on_message, on_acked=self._on_acked)

@@ -322,8 +322,8 @@ class MqttPublisher:
                 if message is None:
                     skipped.append(row.id)
                 else:
-                    inflight[publish(message.topic, message.payload, qos=message.qos,
-                                     retain=message.retain).mid] = row.id
+                    topic, payload, qos, retain = message
+                    inflight[publish(topic, payload, qos, retain).mid] = row.id
             self._flush(session)
             if skipped:
                 self.outbox.ack(skipped)
