@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.decode import register_count
 from edge_agent_simulators.line import start_csv_sensor, start_scale
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
@@ -60,8 +61,8 @@ def _points(spec: DeviceSpec, unit_id: int) -> list[dict[str, Any]]:
         for r in u.registers:
             point: dict[str, Any] = {"name": r.name, "table": r.table, "address": r.address,
                                      "type": r.type}
-            if r.order != "ABCD":
-                point["order"] = r.order
+            if r.type != "string" and register_count(r.type) > 1:
+                point["order"] = r.order  # explicit wherever a word order matters
             if r.type == "string":
                 point["length"] = r.length
             if r.scale != 1.0:
