@@ -140,9 +140,10 @@ class DeviceRunner:
         self.started, self.phase = started, phase
         self.load_error = load_error
         self.log = logs.get("edge_agent.device", device=config.name)
-        self.points = point_specs(driver, config) if driver else {}
-        self.point_types = declared_point_types(self.points, config)
-        self.normalizer = Normalizer(list(self.points.values()))
+        self.points: dict[str, PointSpec] = {}
+        self.point_types: dict[str, str] = {}
+        self.normalizer = Normalizer([])
+        self._load_points()
         self.writes: Counter[str] = Counter()  # downlink writes by result
         self.wake = asyncio.Event()  # set to retry connecting now (a port appeared)
         self._deliver, self._on_status, self._observe_poll = deliver, on_status, observe_poll
@@ -191,6 +192,14 @@ class DeviceRunner:
             "last_values": list(state.last_values.values()),
         }
 
+    def _load_points(self) -> None:
+        """The point metadata the core needs (the one call of `point_specs`)."""
+        if self.driver is None:
+            return
+        self.points = point_specs(self.driver, self.config)
+        self.point_types = declared_point_types(self.points, self.config)
+        self.normalizer = Normalizer(list(self.points.values()))
+
     # -- supervision ---------------------------------------------------------------------
     def set_status(self, state: str, error: str | None = None) -> None:
         if (state, error) == (self.state.state, self.state.error):
@@ -221,6 +230,8 @@ class DeviceRunner:
                 try:
                     await asyncio.wait_for(driver.connect(), self.config.timeout * 5)
                     backoff.reset()
+                    if driver.learns_points:  # its metrics are known only now
+                        self._load_points()
                     self.normalizer.reset()  # report every point afresh after a reconnect
                     self.log.info("device_connected")
                     self.set_status("connected")
