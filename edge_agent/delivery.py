@@ -26,15 +26,20 @@ MAX_LATENCY_PROBES = 4096
 
 class Delivery:
     """The outbox and the current publisher. `observe_latency(seconds)` gets the time from
-    a reading's read timestamp to the broker's acknowledgement, once per flushed batch."""
+    a reading's read timestamp to the broker's acknowledgement, once per flushed batch.
+
+    `deliver` takes readings once `start` has given it an output (the agent starts delivery
+    before any device).
+    """
+
+    _output: Output  # set by start(); kept after stop() for rows appended meanwhile
+    _loop: asyncio.AbstractEventLoop
 
     def __init__(self, outbox: Outbox, observe_latency: Callable[[float], None]) -> None:
         self.outbox = outbox
         self.observe_latency = observe_latency
         self.publisher: MqttPublisher | None = None
-        self._output: Output | None = None
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
@@ -87,10 +92,10 @@ class Delivery:
 
     async def stop(self) -> None:
         """Says the output's last word (if connected), then disconnects cleanly."""
-        publisher, task, output = self.publisher, self._task, self._output
-        if publisher is None or output is None:
+        publisher, task = self.publisher, self._task
+        if publisher is None:
             return
-        await publisher.stop(output.shutdown())
+        await publisher.stop(self._output.shutdown())
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

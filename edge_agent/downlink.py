@@ -23,7 +23,7 @@ from edge_agent.errors import DeviceError, WriteRefused
 from edge_agent.model import PointSpec
 from edge_agent.normalize import Scaling
 
-_INTEGER_RANGES = {
+_INTEGER_RANGES: dict[str, tuple[float, float]] = {
     "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
     "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
     "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
@@ -82,7 +82,7 @@ def raw_value(spec: PointSpec, scaling: Scaling, value: Any) -> Any:
         if abs(raw - whole) > 1e-6 * max(1.0, abs(raw)):
             raise WriteRefused(f"{value} is not a multiple of the resolution of '{spec.name}' "
                                f"(raw {raw:g} is not a whole number)")
-        low, high = _INTEGER_RANGES.get(kind, (-math.inf, math.inf))
+        low, high = _INTEGER_RANGES.get(kind or "", (-math.inf, math.inf))
         if not low <= whole <= high:
             raise WriteRefused(f"{value} does not fit '{spec.name}': raw {whole} is outside "
                                f"{kind} ({low}..{high})")

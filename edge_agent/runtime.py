@@ -48,6 +48,9 @@ class Agent:
     new config from.
     """
 
+    #: made by run(): the outbox is opened on the event loop's thread
+    delivery: Delivery
+
     def __init__(self, config: AgentConfig, config_path: Path | None = None,
                  watch_interval: float | None = None) -> None:
         self.config = config
@@ -60,7 +63,6 @@ class Agent:
             deliver=self._deliver, on_status=self._device_status,
             poll_timer=lambda name: self.metrics.poll_duration.labels(name).observe,
             on_stopped=self._device_stopped)
-        self.delivery: Delivery | None = None
         self.output: Output | None = None
         self.downlink: Downlink | None = None
         self.http: HttpServer | None = None

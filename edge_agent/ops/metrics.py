@@ -89,7 +89,7 @@ class _SnapshotCollector(Collector):
                      reload["last_ok"])
 
         devices = snap["devices"]
-        families = {
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "readings": CounterMetricFamily("edge_agent_readings", "Readings published",
                                             labels=["device"]),
             "suppressed": CounterMetricFamily(

@@ -260,7 +260,7 @@ class DeviceRunner:
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), delay)
-        if asyncio.current_task().cancelling():
+        if _current_task().cancelling():
             raise asyncio.CancelledError  # a cancel wait_for swallowed (see _poll)
 
     def _report_failure(self, exc: BaseException) -> None:
@@ -279,7 +279,7 @@ class DeviceRunner:
         # (see poll_phase).
         anchor = self.started + self.phase * interval
         next_tick = None
-        task = asyncio.current_task()
+        task = _current_task()
         while True:
             started = loop.time()
             try:
@@ -318,8 +318,15 @@ class DeviceRunner:
 
     async def _stream(self, driver: Driver) -> None:
         emit = self.emit
-        task = asyncio.current_task()
+        task = _current_task()
         async for sample in driver.stream():
             if task.cancelling():
                 raise asyncio.CancelledError  # see _poll
             emit(sample)
+
+
+def _current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("a device runner runs as a task")
+    return task

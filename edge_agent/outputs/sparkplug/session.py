@@ -221,13 +221,14 @@ class SparkplugSession:
         for metric, reading in last.items():
             if self._undefined(device, metric):
                 self._define(device, metric, reading.get("value"))
-        metrics = []
+        metrics: list[tuple[MetricDef, Reading | None]] = []
         device.last_sent, device.birth_ts = {}, {}
         for name, spec in device.metrics.items():
-            reading = last.get(name)
-            if reading is None:
+            known = last.get(name)
+            if known is None:
                 metrics.append((spec, None))
                 continue
+            reading = known
             quality = reading.get("quality", GOOD)
             metrics.append((spec, Reading(reading.get("value"), reading.get("ts", ts), quality)))
             device.last_sent[name] = (reading.get("value"), quality)
@@ -308,7 +309,8 @@ class SparkplugSession:
         if new or not device.born:
             self._device_birth(device, now_ms())  # the host must know an alias before its use
         live_since = self._live_since
-        metrics, flags = [], []
+        metrics: list[tuple[MetricDef, Reading]] = []
+        flags: list[bool] = []
         last_sent = device.last_sent
         for reading in readings:
             name, value = reading["metric"], reading.get("value")
