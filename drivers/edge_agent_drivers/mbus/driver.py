@@ -15,7 +15,7 @@ from __future__ import annotations
 from edge_agent import logs
 from edge_agent.driver import BlockingDriver
 from edge_agent.errors import DeviceError, ProtocolError
-from edge_agent.model import GOOD, PointSpec, Reading, Sample, now_ms
+from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample, now_ms
 from edge_agent_drivers.line.tally import FaultTally
 from edge_agent_drivers.mbus import frames, line, records, scan
 from edge_agent_drivers.mbus.config import MbusDevice
@@ -86,11 +86,12 @@ class MbusDriver(BlockingDriver):
         for telegram in telegrams:
             for record in telegram.records:
                 self._units.setdefault(record.name, record.unit)
+                quality = GOOD if record.value is not None else BAD
                 point = self._renamed.get(record.name)
                 if point is not None:
-                    readings.append(Reading(point.name, record.value, GOOD))
+                    readings.append(Reading(point.name, record.value, quality))
                 elif self.config.all_records:
-                    readings.append(Reading(record.name, record.value, GOOD))
+                    readings.append(Reading(record.name, record.value, quality))
         return Sample(ts, readings)
 
     def _readout(self) -> list[records.Telegram]:
