@@ -69,10 +69,10 @@ def readings(value: float) -> list[dict]:
 
 def test_every_format_stores_the_same_format_neutral_row():
     """A backlog stored under one format goes out under the other after a restart."""
-    rows = {}
+    rows, poll = {}, readings(1.5)
     for fmt in outputs.FORMATS:
         output = outputs.create(agent_config(fmt), "n1", Directory(), RecordingLink())
-        rows[fmt] = output.telemetry("dev", 7, readings(1.5))
+        rows[fmt] = output.telemetry("dev", 7, poll)
     topic, payload = rows["json"]
     assert topic == "edge/n1/dev/telemetry"
     assert json.loads(payload)["seq"] == 7
