@@ -13,7 +13,7 @@ import yaml
 
 from edge_agent import __version__
 from edge_agent import config as config_mod
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StartupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 

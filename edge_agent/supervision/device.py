@@ -6,7 +6,17 @@ exponential backoff and jitter, capped at a few seconds so that a replugged devi
 quickly (a udev `add` event wakes it at once, see `edge_agent.supervision.hotplug`). Its
 readings go to `deliver` and its status changes to `on_status`: the runner knows neither the
 outbox nor the wire format. This is the one place a driver's poll or stream is run and
-watched (time limits, crashes, reconnects).
+watched, so what no driver can be trusted to do is done here, once, for every driver:
+
+- time limits: a connect, a poll and a write that do not finish in time fail as timeouts
+  (a hung poll is cancelled, counted, and the device reconnected);
+- a staleness watchdog on streams: a stream silent for `stale_after` seconds is reconnected,
+  and a stream that ends is a disconnect, not a silent stop;
+- a fair share: at most `max_rate` samples a second are published (`RateGate`), and a stream
+  consumer hands the event loop back every few milliseconds, so a chatty device can neither
+  starve the others' polls nor fill the outbox;
+- the core's own failures (normalising, encoding, the outbox) are counted as dropped samples
+  of the device (`publish_failed`), never blamed on the driver.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import operator
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,17 +37,25 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import DeviceConfig, PointConfig
 from edge_agent.decode import TYPE_NAMES
 from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceError
+from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout
 from edge_agent.model import PointSpec, Sample
 from edge_agent.normalize import Normalizer, Scaling
+from edge_agent.supervision.rate import RateGate, default_rate
 
 #: consecutive failed polls after which the transport is torn down and reconnected
 FAILED_POLLS_BEFORE_RECONNECT = 3
 #: reconnect backoff of a device: a replugged device is found again within this many seconds
 RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 5.0
-#: a driver's write gets this many times the device's `timeout`
+#: the core's time limits, in multiples of the device's `timeout` (docs/operations.md):
+#: a connect gets 5, a write 3; a poll gets `Driver.poll_time_limit()` (interval + 10)
+CONNECT_TIMEOUT_FACTOR = 5
 WRITE_TIMEOUT_FACTOR = 3
+#: a stream's default `stale_after`: this many intervals, and never less than STALE_FLOOR s
+STALE_INTERVALS = 10
+STALE_FLOOR = 10.0
+#: a stream consumer gives the event loop back after running this long (seconds)
+STREAM_SLICE = 0.005
 
 _METRIC = operator.itemgetter("metric")
 
@@ -74,6 +93,8 @@ class DeviceState:
     readings: int = 0
     polls: int = 0
     skipped_ticks: int = 0
+    #: samples not published, by reason (`rate` is read from the RateGate at report time)
+    dropped: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     last_values: dict[str, Any] = field(default_factory=dict)
 
@@ -147,6 +168,8 @@ class DeviceRunner:
         self.writes: Counter[str] = Counter()  # downlink writes by result
         self.wake = asyncio.Event()  # set to retry connecting now (a port appeared)
         self._deliver, self._on_status, self._observe_poll = deliver, on_status, observe_poll
+        self.gate = RateGate(config.max_rate or default_rate(config.interval), self._publish)
+        self.stale_after = stale_limit(config)
 
     # -- what outputs, the downlink and the operations view read -------------------------
     @property
@@ -186,6 +209,7 @@ class DeviceRunner:
             "readings": state.readings,
             "polls": state.polls,
             "skipped_ticks": state.skipped_ticks,
+            "dropped": {**state.dropped, "rate": self.gate.coalesced},
             "suppressed": self.normalizer.suppressed,
             "errors": dict(state.errors),
             "writes": dict(self.writes),
@@ -208,14 +232,26 @@ class DeviceRunner:
         self._on_status(self)
 
     def emit(self, sample: Sample) -> None:
-        """Normalises one sample and hands what is left to delivery (the hot path)."""
-        readings = self.normalizer.readings(sample)
-        if not readings:
-            return
-        state = self.state
-        state.readings += len(readings)
-        self._deliver(state.name, readings, sample.ts_ms)
-        state.last_values.update(zip(map(_METRIC, readings), readings, strict=True))
+        """Takes one sample from the driver: through the device's rate limit to delivery."""
+        self.gate.offer(sample, time.monotonic())
+
+    def _publish(self, sample: Sample) -> None:
+        """Normalises one sample and hands what is left to delivery (the hot path).
+
+        Anything raised here is the core's failure, not the driver's: the sample is counted
+        as dropped (`publish_failed`) and logged with the device, and the device carries on.
+        """
+        try:
+            readings = self.normalizer.readings(sample)
+            if not readings:
+                return
+            state = self.state
+            self._deliver(state.name, readings, sample.ts_ms)
+            state.readings += len(readings)
+            state.last_values.update(zip(map(_METRIC, readings), readings, strict=True))
+        except Exception as exc:
+            self.state.dropped["publish_failed"] += 1
+            self.log.exception("publish_failed", error=repr(exc))
 
     async def run(self) -> None:
         if self.driver is None:
@@ -228,7 +264,8 @@ class DeviceRunner:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(driver.connect(), self.config.timeout * 5)
+                    await asyncio.wait_for(driver.connect(),
+                                           self.config.timeout * CONNECT_TIMEOUT_FACTOR)
                     backoff.reset()
                     if driver.learns_points:  # its metrics are known only now
                         self._load_points()
@@ -252,6 +289,7 @@ class DeviceRunner:
                     await driver.close()
                 await self._wait_before_retry(backoff.next())
         finally:
+            self.gate.close()
             with contextlib.suppress(Exception):
                 await driver.close()
 
@@ -275,6 +313,7 @@ class DeviceRunner:
         emit = self.emit
         observe = self._observe_poll
         failures = 0
+        limit = driver.poll_time_limit()
         # The first poll runs at once; later ones fall on this device's phase of the interval
         # (see poll_phase).
         anchor = self.started + self.phase * interval
@@ -283,11 +322,21 @@ class DeviceRunner:
         while True:
             started = loop.time()
             try:
-                sample = await driver.poll()
+                async with asyncio.timeout(limit) as deadline:
+                    sample = await driver.poll()
                 if task.cancelling():
                     # Python 3.11's wait_for (inside pymodbus) can swallow a cancel that
                     # lands as the response arrives; honour it here or shutdown hangs.
                     raise asyncio.CancelledError
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the driver's own (a library's wait_for): a failure as before
+                observe(loop.time() - started)
+                # The driver ignored its own timeout: its transport is in an unknown state.
+                message = f"poll did not finish within {limit:g} s (the core's limit)"
+                self.log.warning("poll_timed_out", limit=limit)
+                self.set_status("error", message)
+                raise DeviceTimeout(message) from None
             except DeviceDisconnected:
                 raise  # the transport is gone (device unplugged): reconnect now, not in 3 polls
             except DeviceError as exc:
@@ -317,12 +366,62 @@ class DeviceRunner:
             await asyncio.sleep(next_tick - now)
 
     async def _stream(self, driver: Driver) -> None:
-        emit = self.emit
+        """Consumes the driver's stream under a staleness watchdog, in slices of the loop."""
+        offer, stale_after = self.gate.offer, self.stale_after
         task = _current_task()
-        async for sample in driver.stream():
-            if task.cancelling():
-                raise asyncio.CancelledError  # see _poll
-            emit(sample)
+        loop = asyncio.get_running_loop()
+        clock = time.monotonic  # the loop's clock, without the method lookups
+        last = slice_start = clock()
+        watchdog: asyncio.TimerHandle | None = None
+        deadline = asyncio.timeout(None)
+
+        def check() -> None:  # a timer re-armed from the last sample: no cost per sample
+            nonlocal watchdog
+            due = last + stale_after
+            if clock() >= due:
+                watchdog = None
+                deadline.reschedule(loop.time())  # expire now: cancels the stream
+            else:
+                watchdog = loop.call_at(due, check)
+
+        try:
+            async with deadline:
+                if stale_after:
+                    watchdog = loop.call_at(last + stale_after, check)
+                async for sample in driver.stream():
+                    if task.cancelling():
+                        raise asyncio.CancelledError  # see _poll
+                    last = now = clock()
+                    offer(sample, now)
+                    if now - slice_start >= STREAM_SLICE:  # a chatty stream: let others run
+                        await asyncio.sleep(0)
+                        slice_start = clock()
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the driver's own
+            error = StreamStale(stale_after)
+            self.set_status("error", str(error))
+            raise error from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        raise DeviceDisconnected("the stream ended")
+
+
+class StreamStale(DeviceTimeout):
+    """A stream gave no sample for `stale_after` seconds: reconnected like a timeout."""
+
+    kind = "stale"
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"stale: no data for {after:g} s")
+
+
+def stale_limit(config: DeviceConfig) -> float:
+    """A stream's `stale_after` in seconds, 0 for never."""
+    if config.stale_after is not None:
+        return config.stale_after
+    return max(STALE_INTERVALS * config.interval, STALE_FLOOR)
 
 
 def _current_task() -> asyncio.Task[Any]:
