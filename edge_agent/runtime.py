@@ -142,18 +142,22 @@ class Agent:
         try:
             server = self._bind_http(new)
         except OSError as exc:
-            if self.http is None:
-                return _listen_problem(new.listen, exc)
-            # The running listener may hold that very port (0.0.0.0:7070 -> [::]:7070).
+            running = self.http
+            if running is None or running.port != int(new.listen.rpartition(":")[2]):
+                return _listen_problem(new.listen, exc)  # the running listener stays
+            # The running listener holds that very port (0.0.0.0:7070 -> 127.0.0.1:7070):
+            # let go of it, and take it back if the new address still cannot be had.
+            address = f"{running.address.rpartition(':')[0]}:{running.port}"
             await self._stop_http()
             try:
                 server = self._bind_http(new)
             except OSError as exc:
                 problem = _listen_problem(new.listen, exc)
                 try:
-                    await self._serve_http(self._bind_http(old))
+                    await self._serve_http(self._bind_http(old.model_copy(
+                        update={"listen": address})))
                 except OSError as again:
-                    self.log.error("http_failed", listen=old.listen,
+                    self.log.error("http_failed", listen=address,
                                    error=again.strerror or str(again))
                 return problem
         await self._stop_http()
@@ -231,7 +235,7 @@ class Agent:
                 # the running listener stays, and so does its setting: a later reload retries
                 self.config = new.model_copy(update={"http": old_http})
                 self.log.error("http_reload_failed", listen=new.http.listen, error=problem,
-                               kept=old_http.listen if self.http is not None else None)
+                               kept=self.http.address if self.http is not None else None)
                 return problem
         return None
 

@@ -46,8 +46,9 @@ class HttpServer:
 
     @property
     def address(self) -> str:
+        """host:port as listening (the port the system chose, for port 0)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.requested_port}"
+        return f"{host}:{self.port if self._server is not None else self.requested_port}"
 
     def bind(self) -> None:
         """Takes the port; raises OSError when it cannot (taken, no such address).
