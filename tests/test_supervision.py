@@ -177,3 +177,34 @@ def test_a_burst_beyond_max_rate_is_coalesced_and_counted_latest_values_kept(
     finally:
         agent.stop()
         watcher.close()
+
+
+def test_nothing_reaches_the_console_as_a_raw_traceback(drivers_installed, mosquitto,
+                                                        subscriber, start_agent):
+    """A driver that crashes, orphans a failing task, raises in a loop callback and in a
+    thread of its own, beside one whose readings cannot be published: every line the agent
+    prints (stdout and stderr) is a JSON event (issue #18, item 13)."""
+    from tests.test_third_party_driver import with_path
+
+    devices = [{"name": "buggy", "driver": "test-crashing", "interval": 0.1},
+               {"name": "odd", "driver": "test-unencodable", "interval": 0.1}]
+    agent = start_agent({"node": "tb", "mqtt": {"url": mosquitto.url},
+                         "http": {"enabled": False}, "devices": devices},
+                        env=with_path(drivers_installed))
+
+    def events() -> set[str]:
+        return {line.get("event") for line in agent.log_lines()}
+
+    wanted = {"driver_crashed", "loop_error", "thread_failed", "publish_failed"}
+    wait_until(lambda: wanted <= events(), timeout=30, what=f"the events {wanted}")
+    assert agent.stop() == 0
+    lines = agent.log_lines()
+    assert [line["raw"] for line in lines if "raw" in line] == []
+    by_event = {line["event"]: line for line in lines}
+    assert by_event["driver_crashed"]["device"] == "buggy"
+    assert "a bug in the driver's poll" in by_event["driver_crashed"]["error"]
+    assert by_event["publish_failed"]["device"] == "odd"
+    loop_errors = [line for line in lines if line.get("event") == "loop_error"]
+    assert any("an orphaned task failed" in line.get("error", "") for line in loop_errors)
+    assert any("a loop callback failed" in line.get("error", "") for line in loop_errors)
+    assert "a driver thread failed" in by_event["thread_failed"]["error"]
