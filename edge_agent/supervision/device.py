@@ -308,35 +308,45 @@ class DeviceRunner:
         self.set_status("disconnected" if gone else "error", text)
 
     async def _poll(self, driver: Driver) -> None:
+        """Polls until a failure, each poll cut at the driver's `poll_time_limit()`."""
+        limit = driver.poll_time_limit()
+        watch = Watchdog(limit)
+        try:
+            async with watch.deadline:
+                await self._poll_on_schedule(driver, watch)
+        except TimeoutError:
+            started = watch.since
+            if not watch.deadline.expired() or started is None:
+                raise  # the driver's own (a library's wait_for): a failure as before
+            self._observe_poll(asyncio.get_running_loop().time() - started)
+            # The driver ignored its own timeout: its transport is in an unknown state.
+            message = f"poll did not finish within {limit:g} s (the core's limit)"
+            self.log.warning("poll_timed_out", limit=limit)
+            self.set_status("error", message)
+            raise DeviceTimeout(message) from None
+        finally:
+            watch.stop()
+
+    async def _poll_on_schedule(self, driver: Driver, watch: Watchdog) -> None:
         loop = asyncio.get_running_loop()
         interval = self.config.interval
         emit = self.emit
         observe = self._observe_poll
         failures = 0
-        limit = driver.poll_time_limit()
         # The first poll runs at once; later ones fall on this device's phase of the interval
         # (see poll_phase).
         anchor = self.started + self.phase * interval
         next_tick = None
         task = _current_task()
+        watch.start()
         while True:
-            started = loop.time()
+            started = watch.since = loop.time()
             try:
-                async with asyncio.timeout(limit) as deadline:
-                    sample = await driver.poll()
+                sample = await driver.poll()
                 if task.cancelling():
                     # Python 3.11's wait_for (inside pymodbus) can swallow a cancel that
                     # lands as the response arrives; honour it here or shutdown hangs.
                     raise asyncio.CancelledError
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the driver's own (a library's wait_for): a failure as before
-                observe(loop.time() - started)
-                # The driver ignored its own timeout: its transport is in an unknown state.
-                message = f"poll did not finish within {limit:g} s (the core's limit)"
-                self.log.warning("poll_timed_out", limit=limit)
-                self.set_status("error", message)
-                raise DeviceTimeout(message) from None
             except DeviceDisconnected:
                 raise  # the transport is gone (device unplugged): reconnect now, not in 3 polls
             except DeviceError as exc:
@@ -354,6 +364,7 @@ class DeviceRunner:
                     self.set_status("connected")
                 self.state.polls += 1
                 emit(sample)
+            watch.since = None
             now = loop.time()
             if next_tick is None:
                 next_tick = anchor + (math.floor((now - anchor) / interval) + 1) * interval
@@ -369,43 +380,65 @@ class DeviceRunner:
         """Consumes the driver's stream under a staleness watchdog, in slices of the loop."""
         offer, stale_after = self.gate.offer, self.stale_after
         task = _current_task()
-        loop = asyncio.get_running_loop()
         clock = time.monotonic  # the loop's clock, without the method lookups
-        last = slice_start = clock()
-        watchdog: asyncio.TimerHandle | None = None
-        deadline = asyncio.timeout(None)
-
-        def check() -> None:  # a timer re-armed from the last sample: no cost per sample
-            nonlocal watchdog
-            due = last + stale_after
-            if clock() >= due:
-                watchdog = None
-                deadline.reschedule(loop.time())  # expire now: cancels the stream
-            else:
-                watchdog = loop.call_at(due, check)
-
+        watch = Watchdog(stale_after)
+        slice_start = clock()
         try:
-            async with deadline:
+            async with watch.deadline:
                 if stale_after:
-                    watchdog = loop.call_at(last + stale_after, check)
+                    watch.since = slice_start
+                    watch.start()
                 async for sample in driver.stream():
                     if task.cancelling():
                         raise asyncio.CancelledError  # see _poll
-                    last = now = clock()
+                    watch.since = now = clock()
                     offer(sample, now)
                     if now - slice_start >= STREAM_SLICE:  # a chatty stream: let others run
                         await asyncio.sleep(0)
                         slice_start = clock()
         except TimeoutError:
-            if not deadline.expired():
+            if not watch.deadline.expired():
                 raise  # the driver's own
             error = StreamStale(stale_after)
             self.set_status("error", str(error))
             raise error from None
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            watch.stop()
         raise DeviceDisconnected("the stream ended")
+
+
+class Watchdog:
+    """Cuts what the runner awaits once `since` (loop time) is `limit` seconds old.
+
+    One timer per device, re-armed from `since` when it fires, so a poll or a streamed
+    sample costs the watchdog one attribute store, not a timer of its own. `since` is None
+    while nothing is watched (between polls). Expiry cancels the awaiting task through
+    `deadline` (an `asyncio.timeout`), which leaves its `async with` as TimeoutError.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self.deadline = asyncio.timeout(None)
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._timer = self._loop.call_at(self._loop.time() + self.limit, self._check)
+
+    def _check(self) -> None:
+        since, now = self.since, self._loop.time()
+        if since is not None and now - since >= self.limit:
+            self._timer = None
+            self.deadline.reschedule(now)  # expire now: cancels the awaiting task
+        else:
+            self._timer = self._loop.call_at((now if since is None else since) + self.limit,
+                                             self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class StreamStale(DeviceTimeout):
