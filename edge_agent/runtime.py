@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import operator
 import time
@@ -24,16 +23,15 @@ from typing import Any
 from edge_agent import config as config_mod
 from edge_agent import logs, registry, snapshot
 from edge_agent.backoff import Backoff
-from edge_agent.config import AgentConfig, DeviceConfig, PointConfig
-from edge_agent.decode import TYPE_NAMES
+from edge_agent.config import AgentConfig, DeviceConfig
 from edge_agent.downlink import JsonDownlink, WriteResult, write_point
-from edge_agent.driver import Driver
+from edge_agent.driver import Driver, point_specs
 from edge_agent.errors import ConfigError, DeviceDisconnected, DeviceError, DriverLoadError
 from edge_agent.hotplug import UdevMonitor
 from edge_agent.httpserver import HttpServer
 from edge_agent.identity import client_id, node_name
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model import PointSpec, Sample
+from edge_agent.model import Sample
 from edge_agent.mqtt import MqttPublisher
 from edge_agent.normalize import Normalizer
 from edge_agent.outbox import Outbox, open_outbox
@@ -89,36 +87,6 @@ class DeviceState:
     last_values: dict[str, Any] = field(default_factory=dict)
 
 
-def point_specs(driver: Driver, config: DeviceConfig) -> dict[str, PointSpec]:
-    """The driver's point specs, completed from the device's configured points.
-
-    Report-by-exception (`deadband`, `heartbeat`), limits and the raw type are keys of the
-    common point model (`PointConfig`), so the core fills them in for every driver whose
-    points or fields use it, and a driver's `points()` need not repeat them.
-    """
-    configured: dict[str, PointConfig] = {}
-    for key in ("points", "fields"):
-        for point in getattr(config, key, None) or []:
-            if isinstance(point, PointConfig):
-                configured[point.name] = point
-    specs: dict[str, PointSpec] = {}
-    for spec in driver.points():
-        point = configured.get(spec.name)
-        if point is not None:
-            size, percent = point.deadband_spec()
-            raw_type = getattr(point, "type", None)
-            spec = dataclasses.replace(
-                spec,
-                deadband=spec.deadband if spec.deadband is not None else size,
-                deadband_percent=spec.deadband_percent or percent,
-                heartbeat=spec.heartbeat if spec.heartbeat is not None else point.heartbeat,
-                minimum=spec.minimum if spec.minimum is not None else point.min,
-                maximum=spec.maximum if spec.maximum is not None else point.max,
-                value_type=spec.value_type or (raw_type if raw_type in TYPE_NAMES else None))
-        specs[spec.name] = spec
-    return specs
-
-
 class DeviceRunner:
     """Owns one device: connect, poll or stream, reconnect, report status."""
 
@@ -131,7 +99,7 @@ class DeviceRunner:
         self.phase = 0.0  # fraction of the interval this device's polls are offset by
         self.load_error = load_error
         self.log = logs.get("edge_agent.device", device=config.name)
-        self.points = point_specs(driver, config) if driver else {}
+        self.points = point_specs(driver) if driver else {}
         self.normalizer = Normalizer(list(self.points.values()))
         self.topic = agent.topics.telemetry(config.name)
         self.writes: Counter[str] = Counter()  # downlink writes by result

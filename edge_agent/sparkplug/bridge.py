@@ -43,14 +43,8 @@ def attach(agent: Agent, publisher: Any) -> SparkplugSession:
 
 
 def _view(runner: DeviceRunner) -> DeviceView:
-    points: list[PointSpec] = runner.driver.points() if runner.driver is not None else []
-    types = {p.name: p.value_type for p in points if getattr(p, "value_type", None)}
-    for attr in ("points", "fields"):  # driver configs that declare point types (Modbus, USB)
-        for point in getattr(runner.config, attr, None) or []:
-            kind = getattr(point, "type", None)
-            name = getattr(point, "name", None)
-            if isinstance(kind, str) and name and name not in types:
-                types[name] = kind
+    points: list[PointSpec] = list(runner.points.values())
+    types = {p.name: p.value_type for p in points if p.value_type}
     return DeviceView(runner.config.name, points, types, runner.state)
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.model import BAD, GOOD, UNCERTAIN, Reading
+from edge_agent.sdk import BAD, GOOD, UNCERTAIN, Reading
 from edge_agent_drivers.line.config import LineDevice, LineField
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})

@@ -21,8 +21,13 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    ProtocolError,
+    resolve_port,
+)
 from edge_agent_drivers.modbus.config import ModbusDevice
 
 _FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from edge_agent.config import DeviceConfig
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceConfig,
+    DeviceDisconnected,
+    Driver,
+    PointSpec,
+    Reading,
+    Sample,
+    now_ms,
+)
 
 
 class CounterDevice(DeviceConfig):

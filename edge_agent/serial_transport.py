@@ -1,4 +1,4 @@
-"""A serial port read through the event loop, for drivers that consume lines of text.
+"""A serial port read through the event loop: the transport every serial driver shares.
 
 Why the event loop and not a thread (BlockingDriver): a line instrument spends nearly all its
 time silent, then sends a few dozen bytes. With `loop.add_reader` on the port's file
@@ -20,6 +20,7 @@ from typing import Any
 
 import serial
 
+from edge_agent.device_config import SerialDevice
 from edge_agent.errors import DeviceDisconnected
 from edge_agent.ports import resolve_port
 
@@ -45,7 +46,7 @@ class SerialTransport:
         self.dropped_bytes = 0
 
     @classmethod
-    async def open_for(cls, config: Any) -> SerialTransport:
+    async def open_for(cls, config: SerialDevice) -> SerialTransport:
         """Opens the port of a device config with serial line keys (port, baudrate, ...)."""
         transport = cls(config.port, baudrate=config.baudrate, bytesize=config.bytesize,
                         parity=config.parity, stopbits=config.stopbits)
