@@ -129,14 +129,6 @@ class AgentConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
 
-    @model_validator(mode="after")
-    def _unique_device_names(self) -> AgentConfig:
-        seen: set[str] = set()
-        for device in self.devices:
-            if device.name in seen:
-                raise ValueError(f"device name '{device.name}' is used twice")
-            seen.add(device.name)
-        return self
 
 
 def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
@@ -194,7 +186,7 @@ def resolve_config_path(cli_value: str | None) -> Path:
 
 
 #: EDGE_AGENT_* variables that configure the process, not config keys
-NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "usb_sim"})
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend"})
 
 
 def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
@@ -244,7 +236,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
         config = AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(format_problems(exc)) from None
-    problems: list[str] = []
+    problems = _duplicate_names(config.devices)
     typed: list[DeviceConfig] = []
     for index, device in enumerate(config.devices):
         where = f"devices[{index}]"
@@ -265,6 +257,18 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
         raise ConfigError(problems)
     config.devices = typed
     return config
+
+
+def _duplicate_names(devices: list[DeviceConfig]) -> list[str]:
+    """A device name is a topic level: each names one device (`devices[1].name: ...`)."""
+    first: dict[str, int] = {}
+    problems = []
+    for index, device in enumerate(devices):
+        earlier = first.setdefault(device.name, index)
+        if earlier != index:
+            problems.append(f"devices[{index}].name: device name '{device.name}' is used twice "
+                            f"(also devices[{earlier}])")
+    return problems
 
 
 def _port_conflicts(devices: list[DeviceConfig]) -> list[str]:

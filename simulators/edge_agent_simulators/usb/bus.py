@@ -1,6 +1,6 @@
 """Setting up simulated USB devices for another process: a spec file and plug files.
 
-`SimulatedBus` writes the spec the backend reads (EDGE_AGENT_USB_SIM) and a present-file per
+`SimulatedBus` writes the spec the backend reads (EDGE_SIMULATORS_USB_SPEC) and a present-file per
 device, and gives the environment an agent needs to see the devices. `unplug`/`plug`
 remove and recreate that file, which any process using the backend sees at its next call.
 """
