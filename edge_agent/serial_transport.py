@@ -34,8 +34,8 @@ class SerialTransport:
     def __init__(self, port: str, *, baudrate: int = 9600, bytesize: int = 8,
                  parity: str = "N", stopbits: float = 1) -> None:
         self.port = port
-        self._settings = {"baudrate": baudrate, "bytesize": bytesize, "parity": parity,
-                          "stopbits": stopbits}
+        self._settings: dict[str, Any] = {"baudrate": baudrate, "bytesize": bytesize,
+                                          "parity": parity, "stopbits": stopbits}
         self._serial: Any = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +90,7 @@ class SerialTransport:
 
     def _read_in_thread(self) -> None:
         ser, loop = self._serial, self._loop
+        assert loop is not None  # set by open() before the thread starts
         while self._serial is ser:
             try:
                 data = ser.read(max(1, ser.in_waiting))

@@ -94,9 +94,9 @@ class LineParser:
 
     def __init__(self, config: LineDevice) -> None:
         self.format = config.format
-        as_source = int if config.format == "delimited" else _json_path
-        if config.format == "regex":
-            as_source = str
+        as_source: Callable[[str | int], Any] = (
+            str if config.format == "regex" else int if config.format == "delimited"
+            else _json_path)
         self.fields = [_Field(f, as_source(f.where)) for f in config.fields]
         self.rules = [(as_source(q.source), frozenset(q.good), q.otherwise)
                       for q in config.quality]

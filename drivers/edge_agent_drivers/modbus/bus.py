@@ -116,8 +116,9 @@ class Bus:
     def detach(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            if self._open.get(self._registered) is self:
-                del self._open[self._registered]
+            key = self._registered
+            if key is not None and self._open.get(key) is self:
+                del self._open[key]
             self.client.close()
 
     @property

@@ -198,6 +198,7 @@ class UsbDriver(BlockingDriver):
                                  request, timeout)
         else:
             control = config.control
+            assert control is not None  # the config requires it for request_via: control
             device.ctrl_transfer(control.request_type, control.request, control.value,
                                  control.index, request, timeout)
 
