@@ -96,12 +96,18 @@ def point_specs(driver: Driver) -> dict[str, PointSpec]:
     Built from the device's configured points (`DeviceConfig.point_configs()`, each point's
     `to_spec()`), so deadband, heartbeat, limits, writable and the value type hold for every
     driver whatever its config calls its list; then the metrics the driver adds itself
-    (`Driver.points()`). A configured point wins over a driver's spec of the same name, and
-    a driver that cannot write has no writable points.
+    (`Driver.points()`). For a metric in both, the config decides and the driver fills in
+    what only the device knows and the config left open: the unit (from a DBC or an OBIS
+    table) and the value type. A driver that cannot write has no writable points.
     """
     specs = {spec.name: spec for spec in driver.points()}
     for point in driver.config.point_configs():
         spec = point.to_spec()
+        known = specs.get(spec.name)
+        if known is not None:
+            spec = dataclasses.replace(
+                spec, unit=known.unit if spec.unit is None else spec.unit,
+                value_type=spec.value_type or known.value_type)
         if spec.writable and not driver.can_write:
             spec = dataclasses.replace(spec, writable=False)
         specs[spec.name] = spec

@@ -62,12 +62,15 @@ def test_a_driver_that_cannot_write_has_no_writable_points():
     assert point_specs(ReadOnly(device(writable=True)))["level"].writable is False
 
 
-def test_a_configured_point_wins_over_a_driver_spec_of_the_same_name():
-    class Shadowing(ReadOnly):
+def test_the_config_decides_and_the_driver_fills_in_what_only_the_device_knows():
+    class Described(ReadOnly):  # e.g. units from a DBC file or an OBIS code table
         def points(self) -> list[sdk.PointSpec]:
-            return [sdk.PointSpec("level", "ft")]
+            return [sdk.PointSpec("level", "ft", scale=3.0, heartbeat=5, value_type="uint8")]
 
-    assert point_specs(Shadowing(device(unit="m", deadband=1)))["level"].deadband == 1.0
+    spec = point_specs(Described(device(deadband=1, type="int16")))["level"]
+    assert (spec.unit, spec.scale, spec.deadband, spec.heartbeat, spec.value_type) == (
+        "ft", 1.0, 1.0, None, "int16")
+    assert point_specs(Described(device(unit="m")))["level"].unit == "m"
 
 
 def edge_agent_imports(path: Path) -> set[str]:
