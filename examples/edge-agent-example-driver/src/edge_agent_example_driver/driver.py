@@ -1,8 +1,10 @@
 """A counter device: the whole driver contract in a few lines.
 
+Everything comes from `edge_agent.sdk`, the one module a driver imports from edge-agent.
 `config_model` validates the device's own keys (the agent reports problems with their
-path), `points()` tells the core how to normalise each metric, and `poll()` returns raw
-values with the time they were read. Scheduling, reconnects, MQTT and units are the core's.
+path), `points()` describes the one metric the device fixes (a driver with configured points
+returns them from its config's `point_configs()` instead), and `poll()` returns raw values
+with the time they were read. Scheduling, reconnects, MQTT and units are the core's.
 """
 
 from __future__ import annotations
