@@ -76,8 +76,11 @@ class SerialTransport:
 
     # -- receiving ---------------------------------------------------------------------
     def _on_readable(self) -> None:
+        fd = self._fd
+        if fd is None:  # closed between the loop's wake-up and this callback
+            return
         try:
-            data = os.read(self._fd, 65536)  # type: ignore[arg-type]
+            data = os.read(fd, 65536)
         except BlockingIOError:
             return
         except OSError as exc:  # EIO: the device (or the pty's other side) went away

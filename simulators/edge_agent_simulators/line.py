@@ -41,7 +41,7 @@ class PtyPort(Pty):
                 break
             line, self._buffer = self._buffer[:cut], self._buffer[cut + 1:]
             if line:
-                self._on_line(line)  # type: ignore[misc]
+                self._on_line(line)  # type: ignore[misc]  # a callable attribute, not a method
 
     def every(self, period: float, tick: Callable[[], None]) -> None:
         """Calls `tick` every `period` seconds on a fixed schedule until closed."""

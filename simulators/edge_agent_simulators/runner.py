@@ -51,7 +51,7 @@ def _scaled_wave(register: Any) -> Wave:
     wave = Wave(register.value)
     if register.scale != 1.0:
         inner = wave.value
-        wave.value = lambda: inner() / register.scale  # type: ignore[method-assign]
+        wave.value = lambda: inner() / register.scale  # type: ignore[method-assign]  # wraps it
     return wave
 
 

@@ -132,7 +132,7 @@ class LineParser:
 
     def _extract(self, text: str) -> Callable[[Any], Any]:
         if self.format == "regex":
-            match = self._pattern.search(text)  # type: ignore[union-attr]
+            match = self._pattern.search(text)  # type: ignore[union-attr]  # regex needs one
             if match is None:
                 raise LineError("no_match", "the line does not match the pattern")
             return match.group
