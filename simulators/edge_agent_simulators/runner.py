@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.decode import register_count
@@ -12,27 +11,10 @@ from edge_agent_simulators.iec62056 import start_iec62056
 from edge_agent_simulators.line import start_csv_sensor, start_scale
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
+from edge_agent_simulators.running import Running
 from edge_agent_simulators.spec import DeviceSpec, SimSpec
 from edge_agent_simulators.usb.bus import start_usb
 from edge_agent_simulators.waves import Wave
-
-
-@dataclass
-class Running:
-    """A started simulator: where it listens and the agent device config that reaches it."""
-
-    name: str
-    where: str
-    device_config: dict[str, Any]
-    handle: Any = None
-    units: dict[int, Unit] = field(default_factory=dict)
-    #: environment the agent needs to reach this device (simulated USB: the backend)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
 
 Starter = Callable[[DeviceSpec, dict[str, Running]], Awaitable[Running]]
 
