@@ -126,7 +126,7 @@ class DeviceRunner:
                     await asyncio.wait_for(driver.connect(), self.config.timeout * 5)
                     backoff.reset()
                     if driver.learns_points:  # its metrics are known only now
-                        self.points = point_specs(driver, self.config)
+                        self.points = point_specs(driver)
                         self.normalizer = Normalizer(list(self.points.values()))
                     self.normalizer.reset()  # report every point afresh after a reconnect
                     self.log.info("device_connected")
