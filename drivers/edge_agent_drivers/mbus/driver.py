@@ -13,6 +13,7 @@ names them stably), so the core knows every metric's unit before the first sampl
 from __future__ import annotations
 
 from edge_agent.sdk import (
+    BAD,
     GOOD,
     BlockingDriver,
     DeviceError,
@@ -93,11 +94,12 @@ class MbusDriver(BlockingDriver):
         for telegram in telegrams:
             for record in telegram.records:
                 self._units.setdefault(record.name, record.unit)
+                quality = GOOD if record.value is not None else BAD
                 point = self._renamed.get(record.name)
                 if point is not None:
-                    readings.append(Reading(point.name, record.value, GOOD))
+                    readings.append(Reading(point.name, record.value, quality))
                 elif self.config.all_records:
-                    readings.append(Reading(record.name, record.value, GOOD))
+                    readings.append(Reading(record.name, record.value, quality))
         return Sample(ts, readings)
 
     def _readout(self) -> list[records.Telegram]:

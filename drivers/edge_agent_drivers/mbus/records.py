@@ -10,6 +10,7 @@ duration h. A name is the quantity, then what tells two records of it apart:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -54,7 +55,7 @@ class Record:
     """One decoded record: its stable name, value (number or text) and UCUM unit."""
 
     name: str
-    value: float | str
+    value: float | str | None  # None: the meter sent a number that is none (NaN, infinity)
     unit: str | None
 
 
@@ -121,6 +122,8 @@ def _record(record: Any, manufacturer_data: bool) -> Record | None:
         number = float(value) * factor
         if unit is None:  # a quantity this module has no fixed unit for: the record's own
             unit = target
+        if not math.isfinite(number):  # a real (DIF 5) can carry NaN or infinity
+            return Record(name, None, unit)
         return Record(name, round(number, 9), unit)
     return Record(name, str(value), None)
 
