@@ -11,8 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from edge_agent.driver import Driver
-from edge_agent.model import Reading, Sample, now_ms
+from edge_agent.sdk import Driver, Reading, Sample, now_ms
 
 DRIVERS = {
     "test-hanging-poll": "HangingPoll",

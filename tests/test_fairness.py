@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 from tests.helpers import SimulatorThread, wait_until
 from tests.inprocess import sample_value, scrape
 

@@ -14,7 +14,7 @@ import socket
 
 import yaml
 
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 from tests.helpers import run_cli
 from tests.inprocess import AgentThread, http_get, sample_value
 
