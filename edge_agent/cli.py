@@ -135,7 +135,14 @@ def _run(args: argparse.Namespace) -> int:
     config = config_mod.load(path, strict_drivers=False)
     logs.configure(config.log_level, node_name(config.node))
     agent = Agent(config, config_path=path)
-    run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    try:
+        run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    except (StartupError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: its traceback goes to the structured log, not stderr
+        logs.get("edge_agent.agent").exception("agent_crashed", error=repr(exc))
+        print(f"edge-agent: stopped by an unexpected error: {exc!r}", file=sys.stderr)
+        return 1
     return 0
 
 
