@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from edge_agent.sdk import Driver, Reading, Sample, now_ms
+from edge_agent.sdk import BlockingDriver, Driver, Reading, Sample, now_ms
 
 DRIVERS = {
     "test-hanging-poll": "HangingPoll",
@@ -20,7 +20,11 @@ DRIVERS = {
     "test-unencodable": "Unencodable",
     "test-burst": "BurstStream",
     "test-crashing": "Crashing",
+    "test-stuck-thread": "StuckThread",
 }
+
+#: set to let StuckThread's blocked threads go (a test's teardown)
+RELEASE = threading.Event()
 
 
 def register(site: Path) -> Path:
@@ -127,3 +131,27 @@ class Crashing(Counting):
 
 def _raise(message: str) -> None:
     raise KeyError(message)
+
+
+class StuckThread(BlockingDriver):
+    """A driver on a blocking library whose read never returns: its one thread stays stuck,
+    so after the core cuts the poll, its close and connect queue behind it as well."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.connects = 0
+        self.polls = 0
+
+    async def connect(self) -> None:
+        await self.in_thread(self._open)
+
+    def _open(self) -> None:
+        self.connects += 1
+
+    async def close(self) -> None:
+        await self.in_thread(lambda: None)
+
+    async def poll(self) -> Sample:
+        self.polls += 1
+        await self.in_thread(RELEASE.wait)
+        return Sample(now_ms(), [Reading("value", self.polls)])

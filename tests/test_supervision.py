@@ -71,6 +71,25 @@ def test_a_poll_that_hangs_is_cut_at_the_core_limit_counted_and_reconnected(
         watcher.close()
 
 
+def test_a_driver_stuck_in_its_thread_fails_as_timeouts_and_never_holds_up_a_stop(
+        drivers_installed, mosquitto):
+    device = {"name": "blocked", "driver": "test-stuck-thread", "interval": 0.1,
+              "timeout": 0.05}
+    agent = run_device(mosquitto, "stuck", device)
+    try:
+        runner = runner_of(agent, "blocked")
+        # the poll is cut; then close and connect, queued behind the stuck thread, are cut too
+        wait_until(lambda: agent.call(lambda: runner.state.errors["timeout"]) >= 3,
+                   timeout=20, what="repeated timeouts")
+        assert agent.call(lambda: runner.status) == "error"
+        assert runner.driver.polls == 1  # the stuck read was never piled onto
+        agent.stop()  # returns although the driver's thread is still stuck
+        assert not agent.thread.is_alive()
+    finally:
+        supervision_drivers.RELEASE.set()
+        agent.stop()
+
+
 def test_a_silent_stream_goes_stale_and_is_reconnected(drivers_installed, mosquitto):
     watcher = Subscriber(mosquitto.port, "edge/quiet/#")
     device = {"name": "gnss", "driver": "test-silent-stream", "stale_after": 0.3}

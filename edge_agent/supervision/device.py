@@ -46,7 +46,7 @@ FAILED_POLLS_BEFORE_RECONNECT = 3
 RECONNECT_INITIAL_DELAY = 0.5
 RECONNECT_MAX_DELAY = 5.0
 #: the core's time limits, in multiples of the device's `timeout` (docs/operations.md):
-#: a connect gets 5, a write 3; a poll gets `Driver.poll_time_limit()` (interval + 10)
+#: a connect and a close get 5, a write 3; a poll `Driver.poll_time_limit()` (interval + 10)
 CONNECT_TIMEOUT_FACTOR = 5
 WRITE_TIMEOUT_FACTOR = 3
 #: a stream's default `stale_after`: this many intervals, and never less than STALE_FLOOR s
@@ -246,13 +246,22 @@ class DeviceRunner:
                     self.state.errors["internal"] += 1
                     self.log.exception("driver_crashed", error=repr(exc))
                     self.set_status("error", f"driver error: {exc!r}")
-                with contextlib.suppress(Exception):
-                    await driver.close()
+                await self._close(driver)
                 await self._wait_before_retry(backoff.next())
         finally:
             self.gate.close()
-            with contextlib.suppress(Exception):
-                await driver.close()
+            await self._close(driver)
+
+    async def _close(self, driver: Driver) -> None:
+        """Closes the transport; a close that hangs (a blocking driver's thread still stuck
+        in the poll the core cut) is given up on, so neither a reconnect nor a shutdown
+        waits for it."""
+        try:
+            await asyncio.wait_for(driver.close(), self.config.timeout * CONNECT_TIMEOUT_FACTOR)
+        except TimeoutError:
+            self.log.warning("close_timed_out")
+        except Exception as exc:
+            self.log.warning("close_failed", error=repr(exc))
 
     async def _wait_before_retry(self, delay: float) -> None:
         """Sleeps `delay`, or less if `wake` is set (hotplug: a port just appeared)."""
