@@ -211,8 +211,11 @@ class DeviceRunner:
             state.readings += len(readings)
             state.last_values.update(zip(map(_METRIC, readings), readings, strict=True))
         except Exception as exc:
-            self.state.dropped["publish_failed"] += 1
-            self.log.exception("publish_failed", error=repr(exc))
+            dropped = self.state.dropped
+            dropped["publish_failed"] += 1
+            count = dropped["publish_failed"]
+            if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a log, not a flood
+                self.log.exception("publish_failed", error=repr(exc), failures=count)
 
     async def run(self) -> None:
         if self.driver is None:
