@@ -420,10 +420,10 @@ class SqliteOutbox:
         self._close_db()
         moved_to = None
         try:
+            if aside != "corrupt":  # the WAL beside the path is the lost file's, copied now:
+                _remove_wal(self.path)  # replayed into another file it would rewrite it
             if self.path.exists():  # another file, or the damaged one: keep it for people
                 moved_to = str(self._move_aside(aside))
-            else:  # deleted: what is left of its WAL must not be replayed into the new file
-                _remove_database(self.path)
             os.replace(building, self.path)
             self._depth = self._bytes = 0
             self._connect()
@@ -620,7 +620,13 @@ def _open_read_only(path: Path) -> sqlite3.Connection | None:
 
 
 def _remove_database(path: Path) -> None:
-    for name in (f"{path}-wal", f"{path}-shm", f"{path}-journal", str(path)):
+    _remove_wal(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_wal(path: Path) -> None:
+    for name in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
 
