@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -120,3 +123,77 @@ def agent_config(sims: Any, url: str | list[str], buffer: Path | None, **mqtt: A
 def sleep_through(seconds: float) -> None:
     """A scenario's duration (an outage that lasts N seconds), not a synchronisation."""
     time.sleep(seconds)
+
+
+# -- disk faults -----------------------------------------------------------------------------
+def closed_port_url() -> str:
+    """A broker URL where nothing listens: the agent builds a backlog on disk."""
+    from edge_agent.broker import free_port
+
+    return f"mqtt://127.0.0.1:{free_port()}"
+
+
+def flip_stored_bytes(path: Path, row_id: int, count: int = 4) -> tuple[str, int]:
+    """Changes `count` bytes in the middle of one row's stored payload, in the file itself
+    (SQLite does not checksum pages, so it cannot see this). Returns the row's (device, seq).
+    The agent must be stopped (the WAL checkpointed into the file)."""
+    with sqlite3.connect(path) as db:
+        device, seq, stored = db.execute(
+            "SELECT device, seq, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
+    db.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(stored)
+    assert at >= 0 and data.find(stored, at + 1) < 0, "the row's bytes are not unique"
+    middle = at + len(stored) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return device, seq
+
+
+def stored_rows(path: Path) -> list[tuple[int, str, int, int]]:
+    """(id, device, seq, zipped) of every row in the buffer file."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT id, device, seq, zipped FROM messages ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+class SmallFilesystem:
+    """A tmpfs of `size` mounted for one test: made full or read-only for real (the tests
+    run as root, which chmod does not stop). Skips the test where mounting is not allowed."""
+
+    def __init__(self, where: Path, size: str = "4m") -> None:
+        import pytest
+
+        self.path = where
+        where.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                 str(where)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+
+    def fill(self, leave: int = 0) -> None:
+        """Writes a filler file until the filesystem is full (less `leave` bytes)."""
+        stat = os.statvfs(self.path)
+        free = stat.f_bavail * stat.f_frsize - leave
+        with contextlib.suppress(OSError), open(self.path / "filler", "wb") as f:
+            f.write(b"\0" * max(0, free))
+            f.write(b"\0" * (1 << 20))  # whatever is left, until ENOSPC
+        assert leave or os.statvfs(self.path).f_bavail == 0
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def assert_no_seq_reused(records: list[tuple[str, bytes, bool]]) -> None:
+    """A seq seen twice is always the very same message (a resend), never another reading."""
+    by_seq: dict[tuple[str, int], bytes] = {}
+    for _, payload, _ in records:
+        message = json.loads(payload)
+        key = (message["device"], message["seq"])
+        assert by_seq.setdefault(key, payload) == payload, f"seq {key} reused"
