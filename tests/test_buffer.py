@@ -486,3 +486,44 @@ def test_the_memory_buffer_holds_to_max_bytes_in_resident_memory(tmp_path):
     assert 150 <= report["payload"] <= 300 and report["dropped"] > 0
     assert report["counted"] <= 32 << 20
     assert report["grew"] <= 1.15 * (32 << 20)  # was ~21x before the compact store
+
+
+# -- the WAL: bounded, and checkpoint failures seen ----------------------------------------------
+def test_the_wal_is_cut_back_after_checkpoints(tmp_path):
+    from edge_agent.delivery.checkpoint import WAL_SIZE_LIMIT
+    from tests.helpers import wait_until
+
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    for _ in range(30):  # ~15 MB through the WAL, acknowledged as it goes
+        ids = fill(outbox, "a", 50, size=10_000)
+        outbox.ack(ids)
+    wal = tmp_path / "b.sqlite3-wal"
+    assert wal.stat().st_size > WAL_SIZE_LIMIT
+
+    def cut_back() -> bool:
+        fill(outbox, "a", 1)  # the next write after a complete checkpoint restarts the WAL
+        return wal.stat().st_size <= WAL_SIZE_LIMIT
+    wait_until(cut_back, timeout=10, interval=0.2, what="the WAL to be truncated")
+    assert outbox.stats()["wal_bytes"] <= WAL_SIZE_LIMIT
+    outbox.close()
+
+
+def test_checkpoint_failures_are_counted_and_logged_once_per_episode(tmp_path):
+    """Another connection holding the file locked (here: our writer in exclusive locking
+    mode) makes every checkpoint fail with `database is locked`."""
+    from tests.helpers import wait_until
+
+    log = LogSink()
+    outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 30, log=log)
+    outbox._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # type: ignore[union-attr]
+    fill(outbox, "a", 10)
+    wait_until(lambda: outbox.stats()["checkpoint_failures"] >= 2, timeout=10,
+               what="failing checkpoints")
+    failed = log.events("buffer_checkpoint_failed")
+    assert len(failed) == 1 and "locked" in failed[0]["error"]
+    outbox._db.execute("PRAGMA locking_mode=NORMAL")  # type: ignore[union-attr]
+    fill(outbox, "a", 1)  # the lock is given up at the end of the next transaction
+    wait_until(lambda: log.events("buffer_checkpoint_recovered"), timeout=10, what="recovery")
+    assert [row.seq for row in outbox.fetch(0, 100)] == list(range(1, 12))
+    outbox.close()

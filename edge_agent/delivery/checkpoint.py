@@ -47,7 +47,6 @@ class Checkpointer:
         self.log = log
         self.every = every
         self.episodes = FailureEpisodes(log, "buffer_checkpoint", path=str(path))
-        self.wal_bytes = 0
         #: why the file at `path` is no longer the buffer (set once, by this thread)
         self.file_problem: str | None = None
         self._stop = threading.Event()
@@ -56,6 +55,10 @@ class Checkpointer:
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._thread = threading.Thread(target=self._run, name="buffer-checkpoint", daemon=True)
         self._thread.start()
+
+    @property
+    def wal_bytes(self) -> int:
+        return _size(self.path.with_name(self.path.name + "-wal"))
 
     @property
     def failures(self) -> int:
@@ -86,10 +89,8 @@ class Checkpointer:
     def checkpoint(self) -> None:
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.wal_bytes = _size(self.path.with_name(self.path.name + "-wal"))
             if self.wal_bytes > WAL_ESCALATE:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                self.wal_bytes = _size(self.path.with_name(self.path.name + "-wal"))
         except sqlite3.Error as exc:
             self.episodes.failed(str(exc))
             return

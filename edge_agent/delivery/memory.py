@@ -29,10 +29,15 @@ class _Arena:
     """Messages in id order: payloads back to back in `data`, their fields in arrays."""
 
     __slots__ = ("alive", "data", "ends", "head", "ids", "keys", "live", "sealed", "seqs",
-                 "used")
+                 "used", "view")
 
     def __init__(self, capacity: int) -> None:
         self.data = bytearray(capacity)
+        self.view = memoryview(self.data)  # slices without a copy; data is never resized
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty again, keeping the buffer (its pages are already mapped)."""
         self.used = 0
         self.ids = array("q")
         self.seqs = array("q")
@@ -45,7 +50,7 @@ class _Arena:
 
     def payload(self, index: int) -> bytes:
         start = self.ends[index - 1] if index else 0
-        return bytes(self.data[start:self.ends[index]])
+        return bytes(self.view[start:self.ends[index]])
 
     def length(self, index: int) -> int:
         return self.ends[index] - (self.ends[index - 1] if index else 0)
@@ -65,6 +70,7 @@ class MemoryOutbox:
         self._firsts: list[int] = []  # first id of each arena, for bisect
         self._keys: list[tuple[str, str]] = []
         self._key_index: dict[tuple[str, str], int] = {}
+        self._spare: _Arena | None = None  # a freed arena, reused: no fresh pages per CHUNK
         self._bytes = 0
         self._depth = 0
         self._last_id = 0
@@ -149,7 +155,7 @@ class MemoryOutbox:
             if arena is not None:
                 arena.sealed = True
                 self._release(len(self._arenas) - 1)
-            arena = _Arena(max(CHUNK, size))
+            arena = self._new_arena(size)
             self._arenas.append(arena)
             self._firsts.append(row_id)
         end = arena.used + size
@@ -163,6 +169,13 @@ class MemoryOutbox:
         arena.live += 1
         self._depth += 1
         self._bytes += size + len(topic) + ROW_OVERHEAD
+
+    def _new_arena(self, size: int) -> _Arena:
+        spare, self._spare = self._spare, None
+        if spare is not None and len(spare.data) >= size:
+            spare.reset()
+            return spare
+        return _Arena(max(CHUNK, size))
 
     def _locate(self, row_id: int) -> tuple[int, int] | None:
         a = bisect.bisect_right(self._firsts, row_id) - 1
@@ -198,6 +211,8 @@ class MemoryOutbox:
         if arena.live == 0:
             del self._arenas[a]
             del self._firsts[a]
+            if len(arena.data) == CHUNK:
+                self._spare = arena
         elif arena.live * 2 < len(arena.ids) and len(arena.ids) >= 64:
             self._arenas[a] = compacted = _compact(arena)
             self._firsts[a] = compacted.ids[0]
