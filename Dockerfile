@@ -12,11 +12,12 @@ WORKDIR /src
 # Dependencies first, from the lock alone: this layer is rebuilt only when the lock changes.
 COPY requirements.lock ./
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r requirements.lock
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY edge_agent ./edge_agent
 COPY drivers ./drivers
 COPY simulators ./simulators
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . && /opt/venv/bin/pip uninstall --yes pip
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers ./simulators \
+    && /opt/venv/bin/pip uninstall --yes pip
 
 FROM python:3.11.13-slim-bookworm AS runtime
 LABEL org.opencontainers.image.title="edge-agent" \
