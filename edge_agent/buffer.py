@@ -9,16 +9,16 @@ Why it is shaped this way:
   the OS page cache), and the event loop never waits for an fsync; after a power cut the
   last transactions since the WAL was synced (at each checkpoint) may be missing.
 - Checkpoints (the only step that fsyncs) run in a thread of their own, which also watches
-  the file (`edge_agent.delivery.checkpoint`).
+  the file (`edge_agent.store.checkpoint`).
 - Acknowledgements delete their rows in the next flush's transaction, so a poll costs one
   commit, not two. Until then the rows are counted as gone and never fetched again.
-- Every row carries a CRC32 and is checked on the way out (`edge_agent.delivery.rows`). A
+- Every row carries a CRC32 and is checked on the way out (`edge_agent.store.rows`). A
   row that fails is never published: it is moved to the `quarantine` table (the last
   QUARANTINE_KEEP are kept for inspection), counted and logged with its device and seq
   range, and the rows after it go on. Nothing a row holds can raise out of `fetch`.
 - `seq` lives in its own table, written in the same transaction as the messages that use
   it, and is reserved in blocks in a state file beside the buffer
-  (`edge_agent.delivery.seqs`), so a lost or recreated buffer never reuses a seq number.
+  (`edge_agent.store.seqs`), so a lost or recreated buffer never reuses a seq number.
 - Ids are assigned here (rowid order = append order), so replay in id order is delivery in
   order per device.
 - `max_bytes` counts topic and payload bytes as stored plus ROW_OVERHEAD per row, the same
@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 from zlib import crc32
 
-from edge_agent.delivery.checkpoint import Checkpointer, file_identity
-from edge_agent.delivery.drops import DropEpisodes
-from edge_agent.delivery.memory import MemoryOutbox
-from edge_agent.delivery.rows import (
+from edge_agent.store.checkpoint import Checkpointer, file_identity
+from edge_agent.store.drops import DropEpisodes
+from edge_agent.store.memory import MemoryOutbox
+from edge_agent.store.rows import (
     ROW_OVERHEAD,
     BadRow,
     Row,
@@ -61,8 +61,8 @@ from edge_agent.delivery.rows import (
     row_size,
     seq_ranges,
 )
-from edge_agent.delivery.seqs import SeqAllocator
-from edge_agent.delivery.statefile import StateFile
+from edge_agent.store.seqs import SeqAllocator
+from edge_agent.store.statefile import StateFile
 
 #: ids per DELETE statement (SQLite allows 32766 variables; keep statements small)
 DELETE_CHUNK = 500

@@ -4,7 +4,7 @@ A message is appended (and, for a durable outbox, committed) before it is publis
 leaves only when the broker has acknowledged it. The publisher reads it in id order, so
 delivery is in order per device. This module holds the interface and picks the outbox;
 the durable SQLite one is `edge_agent.buffer`, the in-memory one and the parts both are
-built from live in `edge_agent.delivery`.
+built from live in `edge_agent.store`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.buffer import SqliteOutbox
-from edge_agent.delivery.memory import MemoryOutbox
-from edge_agent.delivery.rows import Row
+from edge_agent.store.memory import MemoryOutbox
+from edge_agent.store.rows import Row
 
 if TYPE_CHECKING:
     from edge_agent.config import BufferConfig

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge_agent.delivery.drops import FailureEpisodes
+from edge_agent.store.drops import FailureEpisodes
 
 #: seconds between background WAL checkpoints and file checks
 CHECKPOINT_EVERY = 1.0

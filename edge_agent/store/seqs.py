@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.delivery.statefile import StateFile
+from edge_agent.store.statefile import StateFile
 
 #: seq numbers reserved per device and state-file write
 RESERVE_BLOCK = 1000

@@ -17,9 +17,9 @@ from array import array
 from collections.abc import Iterable
 from typing import Any
 
-from edge_agent.delivery.drops import DropEpisodes
-from edge_agent.delivery.rows import ROW_OVERHEAD, Row
-from edge_agent.delivery.seqs import SeqAllocator
+from edge_agent.store.drops import DropEpisodes
+from edge_agent.store.rows import ROW_OVERHEAD, Row
+from edge_agent.store.seqs import SeqAllocator
 
 #: bytes per arena: small enough that a partly used one is cheap, large enough to be few
 CHUNK = 256 * 1024
