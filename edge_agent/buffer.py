@@ -186,6 +186,8 @@ class SqliteOutbox:
         if source is not None:
             with contextlib.suppress(sqlite3.Error):
                 stored, generation = _read_header(source)
+                self._last_id = source.execute(
+                    "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         self.seqs.resume(stored, generation)
         self._degrade(exc, "open", source)
         if source is not None:
