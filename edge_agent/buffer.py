@@ -148,7 +148,33 @@ class SqliteOutbox:
             aside = self._move_aside("corrupt")
             self._log("error", "buffer_corrupt_moved_aside", path=str(self.path),
                       moved_to=str(aside), error=str(exc))
-            return self._connect()
+            found = self._connect()
+            self._salvage(aside)
+            return found
+
+    def _salvage(self, aside: Path) -> None:
+        """Copies what can still be read of a damaged file (moved aside) into the new one."""
+        old = _open_read_only(aside)
+        if old is None:
+            return  # not a database at all: nothing to read
+        db = self._db
+        assert db is not None
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                self._last_id = max(self._last_id, old.execute(
+                    "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+            copied = self._copy_rows(old, db)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._log("error", "buffer_salvage_failed", moved_to=str(aside), error=str(exc))
+            return
+        finally:
+            old.close()
+        self._depth, self._bytes = db.execute(
+            f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM messages").fetchone()
+        self._log("warning", "buffer_salvaged", path=str(self.path), moved_to=str(aside),
+                  kept=copied, lost=self.lost, quarantined=self.quarantined)
 
     def _connect(self) -> tuple[dict[str, int], str]:
         """Opens the file at `path`: (the seqs it holds, its generation)."""
@@ -624,11 +650,12 @@ def _open_read_only(path: Path) -> sqlite3.Connection | None:
         except sqlite3.Error:
             continue
         db.text_factory = bytes
-        try:
-            db.execute("SELECT count(*) FROM messages").fetchone()
-            return db
+        try:  # the schema only: damaged pages of the table are the reader's to skip
+            if db.execute("PRAGMA table_info(messages)").fetchall():
+                return db
         except sqlite3.Error:
-            db.close()
+            pass
+        db.close()
     return None
 
 
