@@ -365,8 +365,7 @@ class SqliteOutbox:
         self._log("error", "buffer_rows_quarantined", path=str(self.path), rows=len(bad),
                   ranges=seq_ranges(bad), quarantined_total=self.quarantined)
         if self._memory is not None:
-            for row in bad:
-                self._memory.quarantine(Row(row.id, row.device, 0, "", b""), row.reason)
+            self._memory.ack([row.id for row in bad])
             return
         for row in bad:
             if row.id not in self._bad:

@@ -197,3 +197,75 @@ def assert_no_seq_reused(records: list[tuple[str, bytes, bool]]) -> None:
         message = json.loads(payload)
         key = (message["device"], message["seq"])
         assert by_seq.setdefault(key, payload) == payload, f"seq {key} reused"
+
+
+class SilentBroker:
+    """A real MQTT 3.1.1 server on a socket that accepts connections, subscriptions and
+    pings, and takes every PUBLISH without ever acknowledging it: the agent stays connected
+    and its pump stalls (what a wedged broker or a broken bridge looks like)."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.publishes = 0
+        broker = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock = self.request
+                while True:
+                    head = _read_exactly(sock, 1)
+                    if not head:
+                        return
+                    length, shift = 0, 0
+                    while True:
+                        byte = _read_exactly(sock, 1)
+                        if not byte:
+                            return
+                        length |= (byte[0] & 0x7F) << shift
+                        shift += 7
+                        if not byte[0] & 0x80:
+                            break
+                    body = _read_exactly(sock, length) if length else b""
+                    kind = head[0] >> 4
+                    if kind == 1:  # CONNECT -> CONNACK, session not present, accepted
+                        sock.sendall(b"\x20\x02\x00\x00")
+                    elif kind == 3:  # PUBLISH: taken, never acknowledged
+                        broker.publishes += 1
+                    elif kind == 8:  # SUBSCRIBE -> SUBACK granting QoS 0 to each filter
+                        count, at = 0, 2
+                        while at < len(body):
+                            at += 2 + int.from_bytes(body[at:at + 2], "big") + 1
+                            count += 1
+                        sock.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x00" * count)
+                    elif kind == 12:  # PINGREQ -> PINGRESP
+                        sock.sendall(b"\xd0\x00")
+                    elif kind == 14:  # DISCONNECT
+                        return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _read_exactly(sock: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        try:
+            chunk = sock.recv(count - len(data))
+        except OSError:
+            return b""
+        if not chunk:
+            return b""
+        data += chunk
+    return data

@@ -554,3 +554,31 @@ def test_a_file_with_damaged_pages_is_salvaged_row_by_row_not_dropped_whole(tmp_
     assert [row.seq for row in rows] == sorted(row.seq for row in rows)
     assert all(json.loads(row.payload)["seq"] == row.seq for row in rows)
     assert again.next_seq("a") > 120  # the damaged file's seqs are never handed out again
+
+
+# -- state files: degrade like the buffer ---------------------------------------------------------
+def test_the_bdseq_state_is_kept_in_memory_when_its_file_cannot_be_written(tmp_path):
+    from edge_agent.outputs.sparkplug.session import BdSeqStore
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    log = LogSink()
+    store = BdSeqStore(blocker / "buffer.sqlite3.sparkplug.json", log)
+    store.advance(0)  # used to raise OSError on every connect
+    store.advance(1)
+    assert store.next == 2 and store.degraded and "kept in memory" in store.degraded
+    assert len(log.events("state_file_degraded")) == 1  # once, not per connect
+
+
+def test_a_broken_bdseq_file_is_reported_and_moved_aside_not_silently_reset(tmp_path):
+    from edge_agent.outputs.sparkplug.session import BdSeqStore
+
+    path = tmp_path / "buffer.sqlite3.sparkplug.json"
+    BdSeqStore(path).advance(41)
+    assert BdSeqStore(path).next == 42
+    path.write_bytes(path.read_bytes().replace(b"42", b"43"))  # bit rot: checksum fails
+    log = LogSink()
+    assert BdSeqStore(path, log).next == 0
+    broken = log.events("state_file_corrupt")
+    assert broken[0]["what"] == "sparkplug bdSeq" and broken[0]["moved_to"]
+    assert list(tmp_path.glob("buffer.sqlite3.sparkplug.json.corrupt-*"))

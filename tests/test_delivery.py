@@ -23,6 +23,7 @@ import pytest
 from edge_agent.broker import free_port
 from tests.delivery_support import (
     PersistentSubscriber,
+    SilentBroker,
     SmallFilesystem,
     agent_config,
     assert_no_seq_reused,
@@ -399,3 +400,113 @@ def test_a_read_only_or_full_buffer_folder_keeps_json_telemetry_flowing(
     finally:
         sims.close()
         fs.close()
+
+
+def test_readyz_reports_a_stalled_pump_and_sigterm_still_exits_0(start_agent, tmp_path):
+    """Connected, messages waiting, nothing acknowledged for the keepalive: not ready."""
+    sims = run_sims(modbus_devices(1, interval=0.05))
+    broker = SilentBroker()
+    port = free_port()
+    try:
+        config = agent_config(sims, broker.url, tmp_path / "buffer.sqlite3", keepalive=5)
+        config["http"] = {"enabled": True, "listen": f"127.0.0.1:{port}"}
+        config["shutdown_grace"] = 1
+        agent = start_agent(config)
+        wait_until(lambda: events(agent, "mqtt_connected"), what="connected")
+        ready = wait_until(lambda: _http_get(port, "/readyz"), what="/readyz")
+        assert ready[0] == 200  # connected, and the window is still filling
+        stalled = wait_until(lambda: (r := _http_get(port, "/readyz")) and r[0] == 503 and r,
+                             timeout=20, what="/readyz to report the stall")
+        assert "publishing stalled" in stalled[1] and broker.publishes > 0
+        metrics = _http_get(port, "/metrics")[1]
+        seconds = next(float(line.split()[-1]) for line in metrics.splitlines()
+                       if line.startswith("edge_agent_publish_stalled_seconds"))
+        assert seconds >= 5
+        assert agent.stop() == 0
+        assert events(agent, "agent_stopped")[0]["kept"] > 0
+        _no_tracebacks(agent)
+    finally:
+        broker.close()
+        sims.close()
+
+
+def test_buffer_deleted_on_a_full_disk_keeps_everything_in_memory(
+        broker, start_agent, tmp_path):
+    """The rebuild cannot write a new file (the disk is full): what the lost file held goes
+    to memory, is published when the broker is back, and SIGTERM still exits 0."""
+    fs = SmallFilesystem(tmp_path / "fs", size="4m")
+    sims = run_sims(modbus_devices(2, interval=0.05))
+    sub = PersistentSubscriber(broker.port)
+    buffer = fs.path / "buffer.sqlite3"
+    try:
+        agent = start_agent(agent_config(sims, broker.url, buffer, inflight=INFLIGHT))
+        wait_until(lambda: each_device_has(sub, 2, 10), what="streaming")
+        broker.stop()
+        wait_until(lambda: _rows_in(buffer) >= 40, what="a backlog on disk")
+        for name in ("buffer.sqlite3", "buffer.sqlite3-wal", "buffer.sqlite3-shm"):
+            (fs.path / name).unlink(missing_ok=True)
+        fs.fill()
+        wait_until(lambda: events(agent, "buffer_degraded"), timeout=10, what="degraded")
+        assert events(agent, "buffer_degraded")[0]["during"] == "rebuild"
+        broker.start()
+        before = {d: max(s) for d, s in sub.seqs().items()}
+        wait_until(lambda: all(max(s) > before[d] + 60 for d, s in sub.seqs().items()),
+                   timeout=30, what="the backlog and live data")
+        assert agent.stop() == 0
+        assert events(agent, "agent_stopped")
+        last = {d: max(s) for d, s in sub.seqs().items()}
+        missing, _ = gaps_and_duplicates(sub.seqs(), last)
+        assert missing == 0
+        assert_no_seq_reused(sub.records)
+        _no_tracebacks(agent)
+    finally:
+        sub.close()
+        sims.close()
+        fs.close()
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full"])
+def test_a_read_only_or_full_buffer_folder_keeps_sparkplug_publishing(
+        mosquitto, start_agent, tmp_path, fault):
+    """The bdSeq file lives beside the buffer: it degrades to memory like the buffer, and
+    NBIRTH/DDATA keep flowing (they used to crash the session in a loop)."""
+    from tests.test_sparkplug_end_to_end import (
+        SIM,
+        SparkplugView,
+        check_session_rules,
+        metric,
+        sparkplug_config,
+    )
+
+    fs = SmallFilesystem(tmp_path / "fs", size="2m")
+    sims = SimulatorThread(SIM)
+    sub = Subscriber(mosquitto.port, "spBv1.0/#")
+    view = SparkplugView(sub)
+    try:
+        config = sparkplug_config(sims, mosquitto.url, fs.path)
+        first = start_agent(config, name="first")  # leaves a bdSeq file (next: 1)
+        view.wait("NBIRTH")
+        assert first.stop() == 0
+        if fault == "read-only":
+            fs.read_only()
+        else:
+            fs.fill()
+        agent = start_agent(config, name="faulty")
+        births = view.wait("NBIRTH", count=2)
+        view.wait("DDATA", count=view_count_of(view, "DDATA") + 20)
+        assert metric(births[-1], "bdSeq")["value"] == 1  # read, though it cannot be written
+        degraded = events(agent, "state_file_degraded")
+        assert any(e["what"] == "sparkplug bdSeq" for e in degraded)
+        assert not events(agent, "mqtt_session_crashed")
+        check_session_rules(view.messages())
+        assert agent.stop() == 0
+        assert events(agent, "agent_stopped")
+        _no_tracebacks(agent)
+    finally:
+        sub.close()
+        sims.close()
+        fs.close()
+
+
+def view_count_of(view, verb: str) -> int:
+    return len(view.of(verb))

@@ -17,6 +17,12 @@ def problems(snap: dict[str, Any] | None) -> list[str]:
     if not snap["broker"]["connected"]:
         error = snap["broker"]["error"]
         found.append("not connected to the broker" + (f": {error}" if error else ""))
-    if snap["buffer"]["degraded"]:
-        found.append(f"the buffer is not writable: {snap['buffer']['degraded']}")
+    buffer = snap["buffer"]
+    if buffer["degraded"]:
+        found.append(f"the buffer is not writable: {buffer['degraded']}")
+    if buffer.get("state_degraded"):
+        found.append(f"state is not durable: {buffer['state_degraded']}")
+    if buffer.get("stall_after") and buffer.get("stalled_for", 0) >= buffer["stall_after"]:
+        found.append(f"publishing stalled: {buffer['depth']} messages waiting, none "
+                     f"acknowledged for {buffer['stalled_for']:.0f} s")
     return found

@@ -65,6 +65,8 @@ class MemoryOutbox:
                  log: Any = None) -> None:
         self.max_bytes = max_bytes
         self.dropped = 0
+        self.quarantined = 0
+        self._log = log
         self.seqs = seqs if seqs is not None else SeqAllocator()
         self._arenas: list[_Arena] = []
         self._firsts: list[int] = []  # first id of each arena, for bisect
@@ -125,8 +127,13 @@ class MemoryOutbox:
         self._episodes.check(self._bytes)
 
     def quarantine(self, row: Row, reason: str) -> None:
-        """A message the publisher could not use: it leaves like an acknowledged one."""
+        """A message the publisher could not use: it leaves, counted and logged."""
         self._remove(row.id)
+        self.quarantined += 1
+        if self._log is not None:
+            self._log.error("buffer_rows_quarantined", rows=1, quarantined_total=self.quarantined,
+                            ranges=[{"device": row.device, "first_seq": row.seq,
+                                     "last_seq": row.seq, "rows": 1, "reason": reason}])
 
     def depth(self) -> int:
         return self._depth
@@ -136,7 +143,7 @@ class MemoryOutbox:
 
     def stats(self) -> dict[str, Any]:
         return {"depth": self._depth, "bytes": self._bytes, "dropped": self.dropped,
-                "degraded": None, "quarantined": 0, "lost": 0,
+                "degraded": None, "quarantined": self.quarantined, "lost": 0,
                 "seq_skipped": self.seqs.skipped, "recoveries": 0, "checkpoint_failures": 0,
                 "wal_bytes": 0, "state_degraded": self.seqs.degraded}
 

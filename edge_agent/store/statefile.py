@@ -80,6 +80,10 @@ class StateFile:
             self.degraded = None
         return True
 
+    def report_broken(self, error: str) -> None:
+        """The file parsed but its content is not usable: reported and moved aside."""
+        self._broken(error, move=True)
+
     def _broken(self, error: str, move: bool) -> None:
         self.corrupt += 1
         moved_to = None
