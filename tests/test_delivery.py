@@ -169,7 +169,9 @@ def test_buffer_limit_during_outage_drops_oldest_and_counts_exactly_the_gap(
         dropped = events(agent, "buffer_closed")[-1]["dropped"]
         missing, _ = gaps_and_duplicates(sub.seqs(), last)
         assert dropped > 50
-        assert missing == dropped
+        # a message the broker took just before it stopped, whose PUBACK never came back, is
+        # dropped later yet was delivered: at most the in-flight window of them
+        assert missing <= dropped <= missing + INFLIGHT
         assert events(agent, "buffer_drops_ended")[0]["dropped"] == dropped
         assert len(events(agent, "buffer_full_dropping_oldest")) == 1  # once per episode
     finally:
