@@ -123,6 +123,7 @@ class SqliteOutbox:
         self._memory: MemoryOutbox | None = None
         self._pending: list[tuple[int, str, int, str, bytes]] = []
         self._acked: list[int] = []  # acknowledged, deleted by the next flush
+        self._gone_max = 0  # the highest id in _acked and _bad
         self._bad: dict[int, str] = {}  # quarantined id -> reason, moved by the next flush
         self._checkpointer: Checkpointer | None = None
         self._last_id = 0
@@ -138,7 +139,7 @@ class SqliteOutbox:
         self._start_checkpointer()
 
     # -- opening -------------------------------------------------------------------------
-    def _open(self) -> tuple[dict[str, int], str]:
+    def _open(self) -> tuple[dict[str, int], str | None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
@@ -176,7 +177,7 @@ class SqliteOutbox:
         self._log("warning", "buffer_salvaged", path=str(self.path), moved_to=str(aside),
                   kept=copied, lost=self.lost, quarantined=self.quarantined)
 
-    def _connect(self) -> tuple[dict[str, int], str]:
+    def _connect(self) -> tuple[dict[str, int], str | None]:
         """Opens the file at `path`: (the seqs it holds, its generation)."""
         db = _connect(self.path)
         try:
@@ -268,6 +269,7 @@ class SqliteOutbox:
         seqs.clear()
         self._acked = []
         self._bad = {}
+        self._gone_max = 0
         if dropped:
             self._dropped += dropped
             self._episodes.dropped(dropped, self._bytes)
@@ -314,7 +316,7 @@ class SqliteOutbox:
         assert db is not None
         out: list[Row] = []
         bad: list[BadRow] = []
-        gone = self._gone()
+        gone = self._gone(after_id)
         cursor = after_id
         while len(out) < limit:
             want = limit - len(out)
@@ -342,9 +344,11 @@ class SqliteOutbox:
             self._quarantine_rows(bad)
         return out
 
-    def _gone(self) -> set[int] | None:
-        """Ids acknowledged or quarantined but not yet deleted: never handed out again."""
-        if not (self._acked or self._bad):
+    def _gone(self, after_id: int = 0) -> set[int] | None:
+        """Ids acknowledged or quarantined but not yet deleted: never handed out again.
+        None when there are none after `after_id` (the usual case: the publisher's cursor
+        is past everything it has had acknowledged)."""
+        if self._gone_max <= after_id:
             return None
         return set(self._acked).union(self._bad)
 
@@ -353,6 +357,8 @@ class SqliteOutbox:
             self._memory.ack(ids)
             return
         self._acked.extend(ids)
+        if ids:
+            self._gone_max = max(self._gone_max, max(ids))
         self._depth -= len(ids)
 
     def quarantine(self, row: Row, reason: str) -> None:
@@ -370,6 +376,7 @@ class SqliteOutbox:
         for row in bad:
             if row.id not in self._bad:
                 self._bad[row.id] = row.reason
+                self._gone_max = max(self._gone_max, row.id)
                 self._depth -= 1
 
     def depth(self) -> int:
@@ -465,9 +472,10 @@ class SqliteOutbox:
             os.replace(building, self.path)
             self._depth = self._bytes = 0
             self._connect()
-        except (sqlite3.Error, OSError) as exc:
-            self._degrade(exc, "rebuild", _open_read_only(building) if building.exists()
-                          else None)
+        except (sqlite3.Error, OSError) as exc:  # the copy is complete: read it from there
+            self._close_db()
+            self._degrade(exc, "rebuild", _open_read_only(
+                building if building.exists() else self.path))
             return
         self._start_checkpointer()
         self.recoveries += 1
@@ -497,6 +505,7 @@ class SqliteOutbox:
         self.seqs.dirty.clear()
         self._acked = []
         self._bad = {}
+        self._gone_max = 0
         return copied
 
     def _readable(self, db: sqlite3.Connection) -> Iterator[tuple[tuple[Any, ...], Row]]:
@@ -566,12 +575,16 @@ class SqliteOutbox:
                 memory.restore(row for _, row in self._readable(source))
             except sqlite3.Error as read_exc:  # _readable probes; this is the last resort
                 self._log("error", "buffer_backlog_unreadable", error=str(read_exc))
+            if source is not self._db:
+                with contextlib.suppress(sqlite3.Error):
+                    source.close()
         self._close_db()
         memory.restore(Row(*pending) for pending in self._pending)
         memory.skip_to(self._last_id)
         self._pending.clear()
         self._acked = []
         self._bad = {}
+        self._gone_max = 0
         self._memory = memory
 
     def _move_aside(self, why: str) -> Path:

@@ -15,6 +15,7 @@ reported in `file_problem`, which the outbox acts on from the event loop.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import sqlite3
 import threading
@@ -53,7 +54,9 @@ class Checkpointer:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                    timeout=0.2)
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        self._thread = threading.Thread(target=self._run, name="buffer-checkpoint", daemon=True)
+        context = contextvars.copy_context()  # its log lines carry the node, like the loop's
+        self._thread = threading.Thread(target=context.run, args=(self._run,),
+                                        name="buffer-checkpoint", daemon=True)
         self._thread.start()
 
     @property

@@ -10,7 +10,9 @@ and records each device's block as (base, reserved), the first seq of the block 
 last one it allows.
 
 On start the buffer's seq is trusted when the buffer is the one the state file was
-written with (same `generation`) and has reached the current block (seq >= base).
+written with (same `generation`) and has reached the current block (seq >= base - 1).
+Every known device gets its next block in the one write at start, so a hundred devices do
+not cost a hundred fsyncs on their first messages.
 Otherwise numbers up to `reserved` may have been used: the device continues after
 `reserved`, the jump is logged (`seq_resumed_after_reservation`) and counted in `skipped`
 (at most one block per device: what a subscriber may see as a gap of lost messages).
@@ -77,7 +79,7 @@ class SeqAllocator:
         current = dict(stored)
         for device, (base, reserved) in blocks.items():
             last = stored.get(device, 0)
-            if same_buffer and generation is not None and last >= base:
+            if same_buffer and generation is not None and last >= base - 1:
                 continue
             current[device] = max(last, reserved)
             gap = reserved - base + 1
@@ -88,6 +90,9 @@ class SeqAllocator:
                                  gap_at_most=gap, same_buffer=same_buffer)
         self.current.update(current)
         self.dirty.update(current)
+        for device, last in current.items():  # one write for every known device's block
+            if device not in blocks or last >= blocks[device][1]:
+                blocks[device] = (last + 1, last + RESERVE_BLOCK)
         self._blocks.update(blocks)
         self._limit.update({d: b[1] for d, b in blocks.items()})
         self.generation = generation
