@@ -116,6 +116,7 @@ class SqliteOutbox:
         self.quarantined = 0  # rows that failed their check: never published
         self.lost = 0  # rows that could not be read back at all (damaged file)
         self.recoveries = 0  # buffer files rebuilt while running (lost, replaced, corrupt)
+        self._last_recovery: tuple[float, str] | None = None  # (monotonic time, problem)
         self.seqs = SeqAllocator(StateFile(seq_state_path(self.path), "seq state", log), log)
         self._dropped = 0
         self._checkpoint_failures = 0  # of checkpointers already stopped
@@ -401,6 +402,9 @@ class SqliteOutbox:
             + (checkpointer.failures if checkpointer else 0),
             "wal_bytes": checkpointer.wal_bytes if checkpointer else 0,
             "state_degraded": self.seqs.degraded,
+            "last_recovery": None if self._last_recovery is None else {
+                "seconds_ago": time.monotonic() - self._last_recovery[0],
+                "problem": self._last_recovery[1]},
         }
 
     def close(self) -> None:
@@ -479,6 +483,7 @@ class SqliteOutbox:
             return
         self._start_checkpointer()
         self.recoveries += 1
+        self._last_recovery = (time.monotonic(), problem)
         self._log("warning", "buffer_recovered", path=str(self.path), problem=problem,
                   kept=copied, not_copied=max(0, kept_before - copied), moved_to=moved_to)
 

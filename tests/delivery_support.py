@@ -269,3 +269,38 @@ def _read_exactly(sock: Any, count: int) -> bytes:
             return b""
         data += chunk
     return data
+
+
+def flip_blob_to_text(path: Path, row_id: int) -> None:
+    """Flips the one bit in a row's record header that turns its payload's serial type from
+    BLOB (2n+12) into TEXT (2n+13), in the file itself: what one flipped bit does. The
+    payload bytes stay as they were (for JSON telemetry: not valid UTF-8 once compressed)."""
+    with sqlite3.connect(path) as db:
+        device, seq, topic, payload = db.execute(
+            "SELECT device, seq, topic, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
+    db.close()
+    body = device.encode() + _record_int(seq) + topic.encode() + payload
+    data = bytearray(path.read_bytes())
+    at = data.find(body)
+    assert at >= 0 and data.find(body, at + 1) < 0, "the row's record is not unique"
+    # header ... [payload type varint][zipped type][crc type] | body
+    blob_type = 2 * len(payload) + 12
+    varint = bytearray()
+    value = blob_type
+    varint.insert(0, value & 0x7F)
+    while value := value >> 7:
+        varint.insert(0, 0x80 | (value & 0x7F))
+    start = at - 2 - len(varint)
+    assert data[start:at - 2] == varint, "unexpected record header layout"
+    data[at - 3] |= 0x01  # 2n+12 -> 2n+13: TEXT
+    path.write_bytes(bytes(data))
+
+
+def _record_int(value: int) -> bytes:
+    """An integer as SQLite's record format stores it (0 and 1 take no bytes)."""
+    if value in (0, 1):
+        return b""
+    for size in (1, 2, 3, 4, 6, 8):
+        if -(1 << (8 * size - 1)) <= value < (1 << (8 * size - 1)):
+            return value.to_bytes(size, "big", signed=True)
+    raise ValueError(value)

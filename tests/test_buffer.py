@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.outbox import MemoryOutbox, open_outbox
 
@@ -286,18 +288,27 @@ def test_header_flips_lose_only_the_damaged_rows_never_the_backlog(tmp_path):
     the whole backlog read; the bytes are intact, so the row is simply delivered. A seq
     turned into text or a device name into a blob cannot be trusted: that row alone goes."""
     path = tmp_path / "b.sqlite3"
-    _backlog(path, devices=("a", "b", "c"), count=40)
-    with sqlite3.connect(path) as db:
+    _backlog(path, devices=("a", "b", "c"), count=100)
+    from tests.delivery_support import flip_blob_to_text
+
+    assert _stored(path, 290)[1] == 1  # compressed: as TEXT, not valid UTF-8
+    flip_blob_to_text(path, 4)  # one bit in the file: the payload's BLOB type becomes TEXT
+    flip_blob_to_text(path, 290)
+    with sqlite3.connect(path) as db:  # more type damage, made through SQLite
         db.execute("UPDATE messages SET payload = CAST(x'ff' || payload AS TEXT) WHERE id = 3")
-        db.execute("UPDATE messages SET payload = CAST(payload AS TEXT) WHERE id = 4")
         db.execute("UPDATE messages SET seq = 'x' || seq WHERE id = 10")
         db.execute("UPDATE messages SET device = CAST(device AS BLOB) || x'ff' WHERE id = 20")
     log = LogSink()
     outbox = SqliteOutbox(path, 1 << 30, log=log)
     rows = outbox.fetch(0, 1000)
-    assert {row.id for row in rows} == set(range(1, 121)) - {3, 10, 20}
-    assert outbox.quarantined == 3 and outbox.depth() == 117
+    assert {row.id for row in rows} == set(range(1, 301)) - {3, 10, 20}
+    assert outbox.quarantined == 3 and outbox.depth() == 297
     assert json.loads(next(r for r in rows if r.id == 4).payload)["seq"] == 4
+    with sqlite3.connect(path) as db:  # the flip was real: SQLite itself now says TEXT
+        assert db.execute("SELECT typeof(payload) FROM messages WHERE id IN (4, 290)"
+                          ).fetchall() == [("text",), ("text",)]
+        with pytest.raises(sqlite3.OperationalError, match="UTF-8"):  # what used to happen
+            db.execute("SELECT payload FROM messages WHERE id = 290").fetchall()
 
 
 def test_a_buffer_without_checksums_migrates_without_losing_a_row(tmp_path):

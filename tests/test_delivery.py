@@ -30,6 +30,7 @@ from tests.delivery_support import (
     buffer_state,
     closed_port_url,
     events,
+    flip_blob_to_text,
     flip_stored_bytes,
     gaps_and_duplicates,
     modbus_devices,
@@ -224,7 +225,10 @@ def test_sigterm_drains_publishes_offline_and_exits_0_with_mqtt5(broker, start_a
 
 # -- disk faults and corruption (issue 12) -------------------------------------------------------
 def _rows_in(buffer: Path) -> int:
-    return len(stored_rows(buffer)) if buffer.exists() else 0
+    try:
+        return len(stored_rows(buffer))
+    except sqlite3.OperationalError:  # not there yet, or its schema not yet written
+        return 0
 
 
 def _offline_backlog(start_agent, sims: SimulatorThread, buffer: Path, rows: int) -> None:
@@ -256,10 +260,7 @@ def test_damaged_rows_are_quarantined_and_everything_else_arrives(broker, start_
         plain = [r for r in rows if r[3] == 0][3][0]
         zipped = [r for r in rows if r[3] == 1][50][0]
         damaged = {flip_stored_bytes(buffer, plain), flip_stored_bytes(buffer, zipped)}
-        with sqlite3.connect(buffer) as db:  # a header bit flip: BLOB read back as TEXT
-            db.execute("UPDATE messages SET payload = CAST(payload AS TEXT) WHERE id = ?",
-                       (rows[10][0],))
-        db.close()
+        flip_blob_to_text(buffer, [r for r in rows if r[3] == 1][80][0])  # intact: delivered
         backlog_last = {d: max(s for _, dd, s, _ in rows if dd == d) for d in ("dev-0", "dev-1")}
 
         sub = PersistentSubscriber(broker.port)
@@ -289,8 +290,11 @@ def test_a_buffer_file_lost_while_running_is_rebuilt_and_nothing_is_lost(
     sims = run_sims(modbus_devices(2, interval=0.05))
     sub = PersistentSubscriber(broker.port)
     buffer = tmp_path / "buffer.sqlite3"
+    port = free_port()
     try:
-        agent = start_agent(agent_config(sims, broker.url, buffer, inflight=INFLIGHT))
+        config = agent_config(sims, broker.url, buffer, inflight=INFLIGHT)
+        config["http"] = {"enabled": True, "listen": f"127.0.0.1:{port}"}
+        agent = start_agent(config)
         wait_until(lambda: each_device_has(sub, 2, 10), what="streaming")
         broker.stop()  # a backlog that exists only in that file
         wait_until(lambda: _rows_in(buffer) >= 60, what="a backlog on disk")
@@ -305,6 +309,9 @@ def test_a_buffer_file_lost_while_running_is_rebuilt_and_nothing_is_lost(
             os.replace(stranger, buffer)
         wait_until(lambda: events(agent, "buffer_recovered"), timeout=10, what="recovery")
         assert events(agent, "buffer_file_lost")
+        ready = wait_until(lambda: _http_get(port, "/readyz"), what="/readyz")
+        assert ready[0] == 503 and "the buffer file was rebuilt" in ready[1]
+        assert "edge_agent_buffer_recoveries_total 1.0" in _http_get(port, "/metrics")[1]
         broker.start()
         before = {d: max(s) for d, s in sub.seqs().items()}
         wait_until(lambda: all(max(s) > before[d] + 60 for d, s in sub.seqs().items()),

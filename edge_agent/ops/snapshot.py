@@ -57,7 +57,7 @@ def call_in_loop(loop: asyncio.AbstractEventLoop | None, func: Callable[[], T],
 _NO_BUFFER: dict[str, Any] = {
     "depth": 0, "bytes": 0, "dropped": 0, "degraded": None, "quarantined": 0, "lost": 0,
     "seq_skipped": 0, "recoveries": 0, "checkpoint_failures": 0, "wal_bytes": 0,
-    "state_degraded": None}
+    "state_degraded": None, "last_recovery": None}
 
 
 class DeliveryState(Protocol):
@@ -103,7 +103,8 @@ def take(*, node: str, broker_urls: list[str], durable: bool,
         "published": delivery.published_total() if delivery is not None else 0,
         "buffer": {
             # depth, bytes, dropped, degraded (why it cannot write, or None), quarantined,
-            # lost, seq_skipped, recoveries, checkpoint_failures, wal_bytes, state_degraded
+            # lost, seq_skipped, recoveries, checkpoint_failures, wal_bytes, state_degraded,
+            # last_recovery ({seconds_ago, problem} of the last rebuilt buffer file, or None)
             **stats,
             "durable": durable,
             # messages waiting while connected and none acknowledged, in seconds; past

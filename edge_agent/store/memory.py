@@ -145,7 +145,7 @@ class MemoryOutbox:
         return {"depth": self._depth, "bytes": self._bytes, "dropped": self.dropped,
                 "degraded": None, "quarantined": self.quarantined, "lost": 0,
                 "seq_skipped": self.seqs.skipped, "recoveries": 0, "checkpoint_failures": 0,
-                "wal_bytes": 0, "state_degraded": self.seqs.degraded}
+                "wal_bytes": 0, "state_degraded": self.seqs.degraded, "last_recovery": None}
 
     def close(self) -> None:
         pass
