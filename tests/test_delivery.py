@@ -519,3 +519,42 @@ def test_a_read_only_or_full_buffer_folder_keeps_sparkplug_publishing(
 
 def view_count_of(view, verb: str) -> int:
     return len(view.of(verb))
+
+
+def test_a_row_the_wire_cannot_encode_is_quarantined_and_the_rest_are_published(
+        mosquitto, tmp_path):
+    """Whatever a wire raises for one stored row costs that row, never the pump."""
+    import asyncio
+
+    from edge_agent.buffer import SqliteOutbox
+    from edge_agent.config import MqttConfig
+    from edge_agent.transport.base import Message, PlainWire
+    from edge_agent.transport.mqtt import MqttPublisher
+
+    class PickyWire(PlainWire):
+        def encode(self, row):
+            if row.seq == 3:
+                raise ValueError("no encoding for this one")
+            return super().encode(row)
+
+    sub = Subscriber(mosquitto.port, "t/#")
+    outbox = SqliteOutbox(tmp_path / "buffer.sqlite3", 1 << 20)
+    for _ in range(10):
+        outbox.append("d", outbox.next_seq("d"), "t/d", b"%d" % outbox.seqs.current["d"])
+    outbox.flush()
+
+    async def publish() -> None:
+        config = MqttConfig(url=mosquitto.url)
+        publisher = MqttPublisher(config, "picky", outbox,
+                                  PickyWire(Message("t/status", b"", retain=True)))
+        task = asyncio.create_task(publisher.run())
+        assert await publisher.drain(10)
+        await publisher.stop(None)
+        task.cancel()
+
+    asyncio.run(publish())
+    wait_until(lambda: len(sub.on("t/d")) == 9, what="nine messages")
+    assert sorted(int(p) for p in sub.on("t/d")) == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert outbox.quarantined == 1 and outbox.depth() == 0
+    outbox.close()
+    sub.close()
