@@ -49,7 +49,7 @@ from typing import Any
 from zlib import crc32
 
 from edge_agent.store.checkpoint import Checkpointer, file_identity
-from edge_agent.store.drops import DropEpisodes
+from edge_agent.store.drops import DropEpisodes, FailureEpisodes
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
     ROW_OVERHEAD,
@@ -68,6 +68,8 @@ from edge_agent.store.statefile import StateFile
 DELETE_CHUNK = 500
 #: rows waiting beyond which new rows are stored compressed (a backlog, not the live window)
 COMPRESS_BACKLOG = 256
+#: seconds between attempts to get back to a durable file while buffering in memory
+DURABLE_RETRY = 30.0
 #: rows read per query when a file is salvaged (rebuilt or moved to memory)
 SALVAGE_PAGE = 512
 #: quarantined rows kept in the file for inspection (older ones are deleted)
@@ -108,8 +110,10 @@ def seq_state_path(buffer_path: Path) -> Path:
 class SqliteOutbox:
     """Store-and-forward buffer at `path`, bounded by `max_bytes` of messages."""
 
-    def __init__(self, path: Path | str, max_bytes: int, log: Any = None) -> None:
+    def __init__(self, path: Path | str, max_bytes: int, log: Any = None,
+                 retry_every: float = DURABLE_RETRY) -> None:
         self.path = Path(path)
+        self.retry_every = retry_every
         self.max_bytes = max_bytes
         self.log = log
         self.degraded: str | None = None
@@ -131,6 +135,8 @@ class SqliteOutbox:
         self._depth = 0
         self._bytes = 0
         self._episodes = DropEpisodes(log, max_bytes)
+        self._retries = FailureEpisodes(log, "buffer_durable_retry", path=str(self.path))
+        self._retry_at = 0.0  # monotonic time of the next attempt to leave memory
         try:
             stored, generation = self._open()
         except (sqlite3.Error, OSError) as exc:
@@ -239,6 +245,10 @@ class SqliteOutbox:
 
     def flush(self) -> None:
         """Commits the queued rows and seqs in one transaction, dropping the oldest if full."""
+        if self._memory is not None:
+            if time.monotonic() >= self._retry_at:
+                self._back_to_disk()
+            return
         self._check_file()
         db = self._db
         seqs = self.seqs.dirty
@@ -408,6 +418,8 @@ class SqliteOutbox:
         }
 
     def close(self) -> None:
+        if self._memory is not None:
+            self._retry_at = 0.0  # a last try: what memory holds survives if the disk lets it
         self.flush()
         self._stop_checkpointer()
         if self._db is not None:
@@ -591,6 +603,54 @@ class SqliteOutbox:
         self._bad = {}
         self._gone_max = 0
         self._memory = memory
+        self._retry_at = time.monotonic() + self.retry_every
+
+    def _back_to_disk(self) -> None:
+        """Leaves memory for a new durable file once the disk takes writes again.
+
+        The memory buffer holds every row still owed (the old file's readable backlog was
+        moved into it, acknowledgements since were applied there), so the new file is built
+        from it beside the path and renamed over whatever the path holds.
+        """
+        memory = self._memory
+        assert memory is not None
+        self._retry_at = time.monotonic() + self.retry_every
+        building = self.path.with_name(self.path.name + ".rebuild")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_database(building)
+            new = _connect(building, wal=False)
+            try:
+                generation = _new_generation(new)
+                zipped = memory.depth() > COMPRESS_BACKLOG
+                new.execute("BEGIN")
+                cursor = 0
+                while rows := memory.fetch(cursor, SALVAGE_PAGE):
+                    new.executemany(_INSERT, [encode(r.id, r.device, r.seq, r.topic, r.payload,
+                                                     zipped) for r in rows])
+                    cursor = rows[-1].id
+                new.executemany(_UPSERT_SEQ, self.seqs.current.items())
+                new.execute("COMMIT")
+            finally:
+                new.close()
+            _remove_wal(self.path)  # the old file's: every row it owed is in the new one
+            os.replace(building, self.path)
+            self._depth = self._bytes = 0
+            self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._close_db()
+            with contextlib.suppress(OSError):
+                _remove_database(building)
+            self._retries.failed(getattr(exc, "strerror", None) or str(exc))
+            return
+        self._retries.succeeded()
+        self.seqs.rebind(generation)
+        self._dropped += memory.dropped
+        self._last_id = max(self._last_id, memory.skip_to(0))
+        self._memory = None
+        self.degraded = None
+        self._start_checkpointer()
+        self._log("warning", "buffer_durable_again", path=str(self.path), kept=self._depth)
 
     def _move_aside(self, why: str) -> Path:
         """Renames the file at `path` (and its WAL and shared memory) out of the way."""

@@ -172,9 +172,11 @@ def test_a_full_disk_degrades_to_memory_without_losing_or_reordering_anything(tm
         half = [row.id for row in outbox.fetch(0, 100)]
         outbox.ack(half)
         rows = outbox.fetch(0, 10_000)
-        outbox.close()
-        print(json.dumps({{"degraded": outbox.degraded, "seqs": [r.seq for r in rows],
-                          "depth": outbox.depth()}}))
+        degraded, depth = outbox.degraded, outbox.depth()
+        outbox.close()  # a last try to get back to disk: compressed, the 900 rows fit
+        on_disk = [r.seq for r in SqliteOutbox({str(path)!r}, 64 << 20).fetch(0, 10_000)]
+        print(json.dumps({{"degraded": degraded, "seqs": [r.seq for r in rows],
+                          "depth": depth, "on_disk": on_disk}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
@@ -183,6 +185,7 @@ def test_a_full_disk_degrades_to_memory_without_losing_or_reordering_anything(tm
     assert report["degraded"] and "buffering in memory" in report["degraded"]
     assert report["seqs"] == list(range(101, 1001))
     assert report["depth"] == 900
+    assert report["on_disk"] == list(range(101, 1001))
 
 
 def test_open_outbox_without_path_is_in_memory_and_with_path_is_sqlite(tmp_path):
@@ -593,3 +596,35 @@ def test_a_broken_bdseq_file_is_reported_and_moved_aside_not_silently_reset(tmp_
     broken = log.events("state_file_corrupt")
     assert broken[0]["what"] == "sparkplug bdSeq" and broken[0]["moved_to"]
     assert list(tmp_path.glob("buffer.sqlite3.sparkplug.json.corrupt-*"))
+
+
+def test_a_disk_that_takes_writes_again_gets_the_buffer_back_from_memory(tmp_path):
+    """Full (a real tmpfs filled up): memory; space freed: a new durable file with every row
+    still owed, in order, and the seqs, without a restart."""
+    from tests.delivery_support import SmallFilesystem
+    from tests.helpers import wait_until
+
+    fs = SmallFilesystem(tmp_path / "fs", size="1m")
+    try:
+        path = fs.path / "b.sqlite3"
+        log = LogSink()
+        outbox = SqliteOutbox(path, 64 << 20, log=log, retry_every=0.2)
+        fill(outbox, "a", 10)
+        fs.fill()
+        while not outbox.degraded:  # the WAL grows until the disk says no
+            fill(outbox, "a", 20, size=2000)
+        outbox.ack([row.id for row in outbox.fetch(0, 5)])  # acknowledged while in memory
+        (fs.path / "filler").unlink()
+        wait_until(lambda: (fill(outbox, "a", 1), outbox.degraded is None)[1], timeout=10,
+                   interval=0.1, what="back on disk")
+        assert log.events("buffer_durable_again")
+        seqs = [row.seq for row in outbox.fetch(0, 10_000)]
+        last = outbox.seqs.current["a"]
+        assert seqs == list(range(6, last + 1)) and outbox.dropped == 0
+        outbox.close()
+        reopened = SqliteOutbox(path, 64 << 20)
+        assert [row.seq for row in reopened.fetch(0, 10_000)] == seqs
+        assert reopened.next_seq("a") == last + 1
+        reopened.close()
+    finally:
+        fs.close()

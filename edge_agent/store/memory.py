@@ -99,9 +99,11 @@ class MemoryOutbox:
         if self._bytes > self.max_bytes:
             self._drop_oldest()
 
-    def skip_to(self, last_id: int) -> None:
-        """Ids up to `last_id` were handed out elsewhere: new messages come after them."""
+    def skip_to(self, last_id: int) -> int:
+        """Ids up to `last_id` were handed out elsewhere: new messages come after them.
+        Returns the last id handed out."""
         self._last_id = max(self._last_id, last_id)
+        return self._last_id
 
     def flush(self) -> None:
         pass
