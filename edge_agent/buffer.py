@@ -34,13 +34,14 @@ Why it is shaped this way:
   * the disk will not take writes (full, read-only, I/O errors): the outbox moves its
     readable backlog into a `MemoryOutbox` (same limit), keeps going, and says why in
     `degraded`. A buffer that cannot even be opened is read read-only for its backlog.
+    Every `retry_every` seconds and at close it tries to build a new file from the memory
+    buffer, and is durable again as soon as the disk lets it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -52,7 +53,6 @@ from edge_agent.store.checkpoint import Checkpointer, file_identity
 from edge_agent.store.drops import DropEpisodes, FailureEpisodes
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
-    ROW_OVERHEAD,
     BadRow,
     Row,
     checksum,
@@ -62,46 +62,30 @@ from edge_agent.store.rows import (
     seq_ranges,
 )
 from edge_agent.store.seqs import SeqAllocator
+from edge_agent.store.sqlitefile import (
+    COLUMNS,
+    INSERT,
+    PAGE,
+    SIZE_SQL,
+    UPSERT_SEQ,
+    connect,
+    delete_rows,
+    is_corrupt,
+    new_generation,
+    open_read_only,
+    quarantine_rows,
+    read_header,
+    remove_database,
+    remove_wal,
+)
 from edge_agent.store.statefile import StateFile
 
-#: ids per DELETE statement (SQLite allows 32766 variables; keep statements small)
-DELETE_CHUNK = 500
 #: rows waiting beyond which new rows are stored compressed (a backlog, not the live window)
 COMPRESS_BACKLOG = 256
 #: seconds between attempts to get back to a durable file while buffering in memory
 DURABLE_RETRY = 30.0
 #: rows read per query when a file is salvaged (rebuilt or moved to memory)
 SALVAGE_PAGE = 512
-#: quarantined rows kept in the file for inspection (older ones are deleted)
-QUARANTINE_KEEP = 100
-#: the schema version this code writes (PRAGMA user_version)
-SCHEMA_VERSION = 2
-#: SQLite's primary result codes for a damaged file (not the disk's or the caller's fault)
-CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    zipped INTEGER NOT NULL DEFAULT 0,
-    crc INTEGER
-);
-CREATE TABLE IF NOT EXISTS seqs (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (id, device, seq, topic, payload, zipped, crc,
-                                       reason, at);
-"""
-_SIZE = f"length(payload) + length(topic) + {ROW_OVERHEAD}"
-_COLUMNS = "id, device, seq, topic, payload, zipped, crc"
-_INSERT = f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_UPSERT_SEQ = ("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
-               "DO UPDATE SET seq = excluded.seq")
-_PAGE = f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
-
-
 def seq_state_path(buffer_path: Path) -> Path:
     """The seq reservations live beside the buffer, in a file of their own."""
     return buffer_path.with_name(buffer_path.name + ".seq.json")
@@ -151,7 +135,7 @@ class SqliteOutbox:
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
+            if not is_corrupt(exc):
                 raise  # locked, read-only, disk full: not the file's fault
             aside = self._move_aside("corrupt")
             self._log("error", "buffer_corrupt_moved_aside", path=str(self.path),
@@ -162,7 +146,7 @@ class SqliteOutbox:
 
     def _salvage(self, aside: Path) -> None:
         """Copies what can still be read of a damaged file (moved aside) into the new one."""
-        old = _open_read_only(aside)
+        old = open_read_only(aside)
         if old is None:
             return  # not a database at all: nothing to read
         db = self._db
@@ -180,17 +164,17 @@ class SqliteOutbox:
         finally:
             old.close()
         self._depth, self._bytes = db.execute(
-            f"SELECT count(*), coalesce(sum({_SIZE}), 0) FROM messages").fetchone()
+            f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0) FROM messages").fetchone()
         self._log("warning", "buffer_salvaged", path=str(self.path), moved_to=str(aside),
                   kept=copied, lost=self.lost, quarantined=self.quarantined)
 
     def _connect(self) -> tuple[dict[str, int], str | None]:
         """Opens the file at `path`: (the seqs it holds, its generation)."""
-        db = _connect(self.path)
+        db = connect(self.path)
         try:
-            seqs, generation = _read_header(db)
+            seqs, generation = read_header(db)
             depth, size, last = db.execute(
-                f"SELECT count(*), coalesce(sum({_SIZE}), 0), coalesce(max(id), 0) "
+                f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0), coalesce(max(id), 0) "
                 "FROM messages").fetchone()
         except BaseException:
             db.close()
@@ -216,10 +200,10 @@ class SqliteOutbox:
         """The file cannot be opened for writing: read what it holds, carry on in memory."""
         stored: dict[str, int] = {}
         generation = None
-        source = _open_read_only(self.path)
+        source = open_read_only(self.path)
         if source is not None:
             with contextlib.suppress(sqlite3.Error):
-                stored, generation = _read_header(source)
+                stored, generation = read_header(source)
                 self._last_id = source.execute(
                     "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         self.seqs.resume(stored, generation)
@@ -259,10 +243,10 @@ class SqliteOutbox:
         acked, bad = self._acked, self._bad
         try:
             db.execute("BEGIN")
-            removed, freed_by_acks = _delete(db, acked) if acked else (0, 0)
-            moved, freed_by_bad = _quarantine(db, bad) if bad else (0, 0)
-            db.executemany(_INSERT, rows)
-            db.executemany(_UPSERT_SEQ, seqs.items())
+            removed, freed_by_acks = delete_rows(db, acked) if acked else (0, 0)
+            moved, freed_by_bad = quarantine_rows(db, bad) if bad else (0, 0)
+            db.executemany(INSERT, rows)
+            db.executemany(UPSERT_SEQ, seqs.items())
             dropped, freed = 0, 0
             size = self._bytes - freed_by_acks - freed_by_bad + added  # after this transaction
             if size > self.max_bytes:
@@ -298,7 +282,7 @@ class SqliteOutbox:
         """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row."""
         count, freed, cutoff = 0, 0, None
         newest = self._last_id
-        oldest_first = db.execute(f"SELECT id, {_SIZE} FROM messages ORDER BY id")
+        oldest_first = db.execute(f"SELECT id, {SIZE_SQL} FROM messages ORDER BY id")
         for row_id, size in oldest_first:
             if freed >= excess or row_id == newest:
                 break
@@ -331,7 +315,7 @@ class SqliteOutbox:
         cursor = after_id
         while len(out) < limit:
             want = limit - len(out)
-            page = db.execute(_PAGE, (cursor, want)).fetchall()
+            page = db.execute(PAGE, (cursor, want)).fetchall()
             for raw in page:
                 row_id, device, seq, topic, stored, zipped, crc = raw
                 if gone and row_id in gone:
@@ -439,7 +423,7 @@ class SqliteOutbox:
     # -- failure -------------------------------------------------------------------------
     def _failed(self, exc: sqlite3.Error, during: str) -> None:
         """A damaged file is rebuilt; a disk that will not write sends the buffer to memory."""
-        if _is_corrupt(exc):
+        if is_corrupt(exc):
             self._rebuild(f"the buffer file is damaged ({during}: {exc})", aside="corrupt")
         else:
             self._degrade(exc, during)
@@ -463,10 +447,10 @@ class SqliteOutbox:
         building = self.path.with_name(self.path.name + ".rebuild")
         kept_before = self.depth()
         try:
-            _remove_database(building)
-            new = _connect(building, wal=False)
+            remove_database(building)
+            new = connect(building, wal=False)
             try:
-                generation = _new_generation(new)
+                generation = new_generation(new)
                 self.seqs.rebind(generation)
                 copied = self._copy_rows(old, new)
                 new.close()
@@ -475,14 +459,14 @@ class SqliteOutbox:
                 raise
         except (sqlite3.Error, OSError) as exc:
             with contextlib.suppress(OSError):
-                _remove_database(building)
+                remove_database(building)
             self._degrade(exc, "rebuild")
             return
         self._close_db()
         moved_to = None
         try:
             if aside != "corrupt":  # the WAL beside the path is the lost file's, copied now:
-                _remove_wal(self.path)  # replayed into another file it would rewrite it
+                remove_wal(self.path)  # replayed into another file it would rewrite it
             if self.path.exists():  # another file, or the damaged one: keep it for people
                 moved_to = str(self._move_aside(aside))
             os.replace(building, self.path)
@@ -490,7 +474,7 @@ class SqliteOutbox:
             self._connect()
         except (sqlite3.Error, OSError) as exc:  # the copy is complete: read it from there
             self._close_db()
-            self._degrade(exc, "rebuild", _open_read_only(
+            self._degrade(exc, "rebuild", open_read_only(
                 building if building.exists() else self.path))
             return
         self._start_checkpointer()
@@ -509,14 +493,14 @@ class SqliteOutbox:
             batch.append((row_id, device.decode(), seq, topic.decode(), stored, zipped,
                           checksum(row_id, device, seq, topic, stored, zipped)))
             if len(batch) >= SALVAGE_PAGE:
-                new.executemany(_INSERT, batch)
+                new.executemany(INSERT, batch)
                 copied += len(batch)
                 batch = []
-        new.executemany(_INSERT, batch)
+        new.executemany(INSERT, batch)
         copied += len(batch)
-        new.executemany(_INSERT, self._stored_rows())
+        new.executemany(INSERT, self._stored_rows())
         copied += len(self._pending)
-        new.executemany(_UPSERT_SEQ, self.seqs.dirty.items())
+        new.executemany(UPSERT_SEQ, self.seqs.dirty.items())
         new.execute("COMMIT")
         self._pending.clear()
         self.seqs.dirty.clear()
@@ -537,7 +521,7 @@ class SqliteOutbox:
         cursor = 0
         while True:
             try:
-                page = db.execute(_PAGE, (cursor, SALVAGE_PAGE)).fetchall()
+                page = db.execute(PAGE, (cursor, SALVAGE_PAGE)).fetchall()
                 end = page[-1][0] if page else None
             except sqlite3.Error:
                 if cursor >= last_id:
@@ -567,7 +551,7 @@ class SqliteOutbox:
         rows, lost = [], 0
         for row_id in range(first, last + 1):
             try:
-                rows.extend(db.execute(f"SELECT {_COLUMNS} FROM messages WHERE id = ?",
+                rows.extend(db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?",
                                        (row_id,)).fetchall())
             except sqlite3.Error:
                 lost += 1
@@ -618,29 +602,29 @@ class SqliteOutbox:
         building = self.path.with_name(self.path.name + ".rebuild")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_database(building)
-            new = _connect(building, wal=False)
+            remove_database(building)
+            new = connect(building, wal=False)
             try:
-                generation = _new_generation(new)
+                generation = new_generation(new)
                 zipped = memory.depth() > COMPRESS_BACKLOG
                 new.execute("BEGIN")
                 cursor = 0
                 while rows := memory.fetch(cursor, SALVAGE_PAGE):
-                    new.executemany(_INSERT, [encode(r.id, r.device, r.seq, r.topic, r.payload,
+                    new.executemany(INSERT, [encode(r.id, r.device, r.seq, r.topic, r.payload,
                                                      zipped) for r in rows])
                     cursor = rows[-1].id
-                new.executemany(_UPSERT_SEQ, self.seqs.current.items())
+                new.executemany(UPSERT_SEQ, self.seqs.current.items())
                 new.execute("COMMIT")
             finally:
                 new.close()
-            _remove_wal(self.path)  # the old file's: every row it owed is in the new one
+            remove_wal(self.path)  # the old file's: every row it owed is in the new one
             os.replace(building, self.path)
             self._depth = self._bytes = 0
             self._connect()
         except (sqlite3.Error, OSError) as exc:
             self._close_db()
             with contextlib.suppress(OSError):
-                _remove_database(building)
+                remove_database(building)
             self._retries.failed(getattr(exc, "strerror", None) or str(exc))
             return
         self._retries.succeeded()
@@ -664,115 +648,3 @@ class SqliteOutbox:
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(event, **fields)
-
-
-# -- the file ------------------------------------------------------------------------------
-def _connect(path: Path, wal: bool = True) -> sqlite3.Connection:
-    """A connection with the schema in place (migrated from older versions)."""
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    db.text_factory = bytes  # text is checked, not trusted: decoding happens in rows.decode
-    try:
-        if wal:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != b"wal" and mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode!r})")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
-            db.execute(f"PRAGMA journal_size_limit={4 * 1024 * 1024}")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        if b"zipped" not in columns:  # a buffer written by 0.1.0 before compression
-            db.execute("ALTER TABLE messages ADD COLUMN zipped INTEGER NOT NULL DEFAULT 0")
-        if b"crc" not in columns:  # before checksums: old rows keep crc NULL (not checked)
-            db.execute("ALTER TABLE messages ADD COLUMN crc INTEGER")
-        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _read_header(db: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
-    """(each device's last seq, the file's generation); creates the generation if missing."""
-    seqs: dict[str, int] = {}
-    for device, seq in db.execute("SELECT device, seq FROM seqs"):
-        if isinstance(device, bytes) and isinstance(seq, int):
-            seqs[device.decode("utf-8", "replace")] = seq
-    found = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-    if found is not None:
-        value = found[0]
-        return seqs, value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    try:
-        return seqs, _new_generation(db)
-    except sqlite3.Error:  # read-only: the file has no generation yet
-        return seqs, None
-
-
-def _new_generation(db: sqlite3.Connection) -> str:
-    """A new identity for this file: seq state written with another one does not trust it."""
-    generation = secrets.token_hex(8)
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (generation,))
-    return generation
-
-
-def _open_read_only(path: Path) -> sqlite3.Connection | None:
-    """The file opened only to read its backlog (its folder may be read-only), or None."""
-    if not path.exists():
-        return None
-    uri = path.resolve().as_uri()
-    for options in ("?mode=ro", "?mode=ro&immutable=1"):
-        try:
-            db = sqlite3.connect(uri + options, uri=True, check_same_thread=False)
-        except sqlite3.Error:
-            continue
-        db.text_factory = bytes
-        try:  # the schema only: damaged pages of the table are the reader's to skip
-            if db.execute("PRAGMA table_info(messages)").fetchall():
-                return db
-        except sqlite3.Error:
-            pass
-        db.close()
-    return None
-
-
-def _remove_database(path: Path) -> None:
-    _remove_wal(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _remove_wal(path: Path) -> None:
-    for name in (f"{path}-wal", f"{path}-shm", f"{path}-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-
-
-def _delete(db: sqlite3.Connection, ids: list[int]) -> tuple[int, int]:
-    """Deletes rows inside the caller's transaction: (rows, bytes) freed."""
-    removed, freed = 0, 0
-    for start in range(0, len(ids), DELETE_CHUNK):
-        chunk = ids[start:start + DELETE_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for (size,) in db.execute(
-                f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {_SIZE}", chunk):
-            removed, freed = removed + 1, freed + (size if isinstance(size, int) else 0)
-    return removed, freed
-
-
-def _quarantine(db: sqlite3.Connection, bad: dict[int, str]) -> tuple[int, int]:
-    """Moves rows into the quarantine table (keeping the last QUARANTINE_KEEP)."""
-    now = int(time.time())
-    db.executemany(f"INSERT INTO quarantine SELECT {_COLUMNS}, ?, ? FROM messages WHERE id = ?",
-                   [(reason, now, row_id) for row_id, reason in bad.items()])
-    db.execute("DELETE FROM quarantine WHERE rowid <= "
-               "(SELECT max(rowid) FROM quarantine) - ?", (QUARANTINE_KEEP,))
-    return _delete(db, list(bad))
-
-
-def _is_corrupt(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in CORRUPT_CODES
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.OperationalError)
