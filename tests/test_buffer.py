@@ -504,7 +504,7 @@ def test_the_memory_buffer_holds_to_max_bytes_in_resident_memory(tmp_path):
 
 # -- the WAL: bounded, and checkpoint failures seen ----------------------------------------------
 def test_the_wal_is_cut_back_after_checkpoints(tmp_path):
-    from edge_agent.store.checkpoint import WAL_SIZE_LIMIT
+    from edge_agent.store.sqlitefile import WAL_SIZE_LIMIT
     from tests.helpers import wait_until
 
     path = tmp_path / "b.sqlite3"

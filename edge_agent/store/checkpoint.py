@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.store.drops import FailureEpisodes
+from edge_agent.store.sqlitefile import WAL_SIZE_LIMIT
 
 #: seconds between background WAL checkpoints and file checks
 CHECKPOINT_EVERY = 1.0
-#: the WAL is cut back to this size whenever SQLite restarts it
-WAL_SIZE_LIMIT = 4 * 1024 * 1024
 #: a WAL larger than this gets a TRUNCATE checkpoint (which waits for the writer)
 WAL_ESCALATE = 64 * 1024 * 1024
 

@@ -15,8 +15,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edge_agent.store.checkpoint import WAL_SIZE_LIMIT
 from edge_agent.store.rows import ROW_OVERHEAD
+
+#: the WAL is cut back to this size whenever SQLite restarts it (`journal_size_limit`)
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 #: ids per DELETE statement (SQLite allows 32766 variables; keep statements small)
 DELETE_CHUNK = 500
