@@ -536,7 +536,7 @@ class SqliteOutbox:
                     continue
                 row = decode(*raw)
                 if type(row) is Row:
-                    yield raw, row  # type: ignore[misc]
+                    yield raw, row
                 else:
                     bad.append(row)  # type: ignore[arg-type]
             if bad:

@@ -22,10 +22,13 @@ __all__ = ["MemoryOutbox", "Outbox", "Row", "SqliteOutbox", "open_outbox"]
 
 
 class Outbox(Protocol):
-    #: messages dropped (oldest first) because max_bytes was reached, since start
-    dropped: int
-    #: why the outbox is not durable although it should be (None when healthy); /readyz
-    degraded: str | None
+    @property
+    def dropped(self) -> int:
+        """Messages dropped (oldest first) because max_bytes was reached, since start."""
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the outbox is not durable although it should be (None when healthy)."""
 
     def next_seq(self, device: str) -> int:
         """Allocates the device's next telemetry seq (persisted by durable outboxes)."""

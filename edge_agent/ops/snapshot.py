@@ -64,7 +64,9 @@ class DeliveryState(Protocol):
     """What the snapshot reads of delivery (`edge_agent.delivery.Delivery`)."""
 
     outbox: Outbox
-    stall_after: float
+
+    @property
+    def stall_after(self) -> float: ...
 
     def stalled_for(self) -> float: ...
 
