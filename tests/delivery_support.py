@@ -128,7 +128,7 @@ def sleep_through(seconds: float) -> None:
 # -- disk faults -----------------------------------------------------------------------------
 def closed_port_url() -> str:
     """A broker URL where nothing listens: the agent builds a backlog on disk."""
-    from edge_agent.broker import free_port
+    from edge_agent_simulators.broker import free_port
 
     return f"mqtt://127.0.0.1:{free_port()}"
 

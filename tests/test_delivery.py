@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 from tests.delivery_support import (
     PersistentSubscriber,
     SilentBroker,
