@@ -1,10 +1,21 @@
 # syntax=docker/dockerfile:1
 # edge-agent image: a venv built in one stage, copied into a slim runtime without build tools.
 #   docker build -t edge-agent:0.1.0 .
-# Both stages use the same pinned base, so the venv's interpreter path is the same in each
-# (tests/deploy/test_policy.py checks they agree). tests/deploy/test_image_install.py runs this
-# file's build-stage commands outside Docker.
-FROM python:3.11.13-slim-bookworm AS build
+#   deploy/build-image.sh          # podman, on a fresh machine or one without a registry
+# BASE is the pinned upstream image. deploy/build-image.sh substitutes a Python base made from
+# Debian's packages when it cannot pull this one. Both stages take the same BASE, so the venv's
+# interpreter path is the same in each (tests/deploy/test_deploy_policy.py checks they agree).
+# tests/deploy/test_pod.py runs the built image as the DaemonSet's pod.
+ARG BASE=python:3.11.13-slim-bookworm
+
+FROM ${BASE} AS build
+# pip's index and trust as on the build host (deploy/build-image.sh passes the host's settings
+# and mounts its CA bundle); left unset, pip's defaults apply. Build arguments are not kept in
+# the runtime stage.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -19,7 +30,7 @@ COPY simulators ./simulators
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers ./simulators \
     && /opt/venv/bin/pip uninstall --yes pip
 
-FROM python:3.11.13-slim-bookworm AS runtime
+FROM ${BASE} AS runtime
 LABEL org.opencontainers.image.title="edge-agent" \
       org.opencontainers.image.description="Edge IoT gateway agent: USB and serial industrial devices to MQTT" \
       org.opencontainers.image.licenses="Apache-2.0"
