@@ -6,6 +6,7 @@
 # Debian's packages when it cannot pull this one. Both stages take the same BASE, so the venv's
 # interpreter path is the same in each (tests/deploy/test_deploy_policy.py checks they agree).
 # tests/deploy/test_pod.py runs the built image as the DaemonSet's pod.
+# checkov:skip=CKV_DOCKER_7:FROM names ARG BASE, whose default is this pinned tag; checkov does not read ARG defaults
 ARG BASE=python:3.11.13-slim-bookworm
 
 FROM ${BASE} AS build
@@ -47,7 +48,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
 EXPOSE 7070
+# Asks /healthz where the agent listens: EDGE_AGENT_HTTP__LISTEN when set (the DaemonSet sets the
+# node's address, where 127.0.0.1 is not served), else the default port on the loopback.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["/opt/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7070/healthz', timeout=2)"]
+    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request; host, _, port = os.environ.get('EDGE_AGENT_HTTP__LISTEN', ':7070').rpartition(':'); host = '127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host; urllib.request.urlopen(f'http://{host}:{port}/healthz', timeout=2)"]
 ENTRYPOINT ["/usr/bin/tini", "--", "/opt/venv/bin/edge-agent"]
 CMD ["run", "-c", "/etc/edge-agent/config.yaml"]

@@ -173,6 +173,10 @@ def venv(image_root: Path) -> Path:
         if word == "WORKDIR":
             workdir = image_root / args.lstrip("/")
             workdir.mkdir(parents=True, exist_ok=True)
+        elif word == "ARG":  # a build argument without a value here leaves pip as on the host
+            key, _, value = args.partition("=")
+            if value:
+                env[key] = value
         elif word == "ENV":
             for assignment in shlex.split(args):
                 key, _, value = assignment.partition("=")
