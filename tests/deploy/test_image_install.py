@@ -4,8 +4,7 @@ It needs no container engine (tests/deploy/test_pod.py runs the built image itse
 the context the way `docker build` would (only what .dockerignore lets through), replays the build
 stage of the Dockerfile (its WORKDIR, COPY, ARG, ENV and RUN lines, the RUN commands verbatim
 except that /opt/venv and /src move into a temp dir), and then, as the image's numeric USER, runs
-the image's
-ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
+the image's ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
 `edge-agent simulate` and a real Mosquitto, probing the paths the DaemonSet's probes use.
 The runtime stage (libusb, tini, the base, the read-only root) is test_pod.py's.
 """
