@@ -28,8 +28,10 @@ COPY pyproject.toml README.md ./
 COPY edge_agent ./edge_agent
 COPY drivers ./drivers
 COPY simulators ./simulators
+# pip and setuptools only install: the shipped venv carries neither. pip's compiled .pyc files
+# stay: on the read-only root Python could not cache them, and would compile at every start.
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers ./simulators \
-    && /opt/venv/bin/pip uninstall --yes pip
+    && /opt/venv/bin/pip uninstall --yes setuptools pip
 
 FROM ${BASE} AS runtime
 LABEL org.opencontainers.image.title="edge-agent" \
