@@ -448,13 +448,16 @@ def test_daemonset_pod_runs_the_agent_and_keeps_buffered_readings_across_a_resta
                        "/readyz 503 while the broker is down", interval=0.2)
             wait_until(lambda: metric("edge_agent_buffer_messages") >= 5, 30,
                        "5 messages in the buffer")
-            subscriber.close()
 
             # 3. The container dies (SIGKILL: no flush) and the kubelet starts a new one.
             pod.crash()
             crash_ms = time.time() * 1000
+        except BaseException:
+            print(pod.logs())
+            raise
         finally:
             pod_logs = pod.logs()
+            subscriber.close()
             pod.remove()
         assert (buffer_dir / Path(config["buffer"]["path"]).name).stat().st_uid == 10001
 
@@ -473,8 +476,7 @@ def test_daemonset_pod_runs_the_agent_and_keeps_buffered_readings_across_a_resta
 
             # 4. SIGTERM: offline status, exit 0 before the grace period ends.
             assert pod.terminate() == 0, pod.logs()
-            statuses = subscriber.json_on(f"edge/{NODE}/status")
-            assert statuses and statuses[-1]["state"] == "offline", statuses
+            subscriber.wait_for(f"edge/{NODE}/status", where=lambda m: m["state"] == "offline")
         except BaseException:
             print(pod_logs, pod.logs(), sep="\n---- restarted ----\n")
             raise
