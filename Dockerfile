@@ -27,10 +27,11 @@ RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r requ
 COPY pyproject.toml README.md ./
 COPY edge_agent ./edge_agent
 COPY drivers ./drivers
-COPY simulators ./simulators
+# The core and the drivers only: simulators, the demo and the test broker helper
+# (edge-agent-simulators) are test tooling and stay out of the production image.
 # pip and setuptools only install: the shipped venv carries neither. pip's compiled .pyc files
 # stay: on the read-only root Python could not cache them, and would compile at every start.
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers ./simulators \
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers \
     && /opt/venv/bin/pip uninstall --yes setuptools pip
 
 FROM ${BASE} AS runtime

@@ -40,7 +40,7 @@ import pytest
 import yaml
 from _deploy_support import DEPLOY, OVERLAYS, REPO, agent_container, daemonsets, in_ci, render
 
-from edge_agent.broker import Mosquitto, free_port, wait_for_port
+from edge_agent_simulators.broker import Mosquitto, free_port, wait_for_port
 from tests.certs import Pki, make_pki
 from tests.helpers import SimulatorThread, Subscriber, wait_until
 
