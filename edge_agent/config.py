@@ -144,6 +144,10 @@ class DeviceConfig(BaseModel):
     interval: float = Field(1.0, gt=0, le=86400)
     timeout: float = Field(1.0, gt=0, le=600)
     enabled: bool = True
+    # a device profile supplying points and settings (edge_agent/profiles.py); kept after
+    # resolution so the resolved config says where its points came from
+    profile: str | None = None
+    points_only: list[str] | None = None  # the subset of the profile's points to read
 
 
 class AgentConfig(BaseSettings):
@@ -165,6 +169,7 @@ class AgentConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    profiles_dir: Path | None = None  # the user's device profiles (docs/profiles.md)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @classmethod
@@ -288,9 +293,12 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     With `strict_drivers` a driver that cannot be loaded is a problem (check-config); without,
     its devices are kept with only the core keys checked, and the runtime disables them.
     """
-    from edge_agent import registry  # late: the registry imports this module's models
+    from edge_agent import profiles, registry  # late: they import this module's models
 
     data = overlay_env(data, dict(os.environ) if environ is None else environ)
+    data, profile_problems = profiles.resolve(data)
+    if profile_problems:
+        raise ConfigError(profile_problems)
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:

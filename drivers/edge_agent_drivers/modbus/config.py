@@ -106,5 +106,8 @@ class ModbusDevice(DeviceConfig):
         return 3.5 * bits / self.baudrate
 
     def line_settings(self) -> tuple[object, ...]:
-        """What every device sharing this port must agree on."""
+        """What every device sharing this port must agree on. Over TCP only the framing:
+        the serial settings (which profiles fill in) are the gateway's business, not ours."""
+        if self.is_tcp:
+            return (self.framing,)
         return (self.framing, self.baudrate, self.parity, self.stopbits, self.bytesize)
