@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     scan = commands.add_parser("scan", help="list serial ports and USB devices")
     scan.set_defaults(func=_scan)
 
+    profiles = commands.add_parser("profiles", help="list device profiles, or show one")
+    profiles.add_argument("name", nargs="?", help="a profile to show with its points and source")
+    profiles.add_argument("-c", "--config", help="take profiles_dir from this config")
+    profiles.set_defaults(func=_profiles)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -134,6 +139,12 @@ def _scan(args: argparse.Namespace) -> int:
     from edge_agent.scan import scan
 
     return scan(sys.stdout)
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from edge_agent import profiles_view
+
+    return profiles_view.show(profiles_view.library_for(args.config), args.name)
 
 
 if __name__ == "__main__":
