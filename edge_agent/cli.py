@@ -45,7 +45,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="stop after this many seconds (default: run until stopped)")
     demo.set_defaults(func=_demo)
 
-    scan = commands.add_parser("scan", help="list serial ports and USB devices")
+    scan = commands.add_parser("scan", help="list serial ports and USB devices; with "
+                               "--modbus, probe a line's unit ids (read only)")
+    scan.add_argument("--modbus", metavar="PORT",
+                      help="probe Modbus unit ids on PORT (serial path or tcp://host:port)")
+    scan.add_argument("--units", default="1-247", help="unit ids to probe (default 1-247)")
+    scan.add_argument("--timeout", type=float, default=0.3, help="seconds per request")
+    scan.add_argument("--unit-time", type=float, default=3.0, help="seconds at most per unit")
+    scan.add_argument("--baudrate", type=int, default=9600)
+    scan.add_argument("--parity", choices=("N", "E", "O"), default="N")
+    scan.add_argument("--stopbits", type=int, choices=(1, 2), default=1)
     scan.set_defaults(func=_scan)
 
     profiles = commands.add_parser("profiles", help="list device profiles, or show one")
@@ -136,9 +145,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    if args.modbus:
+        return _scan_modbus(args)
     from edge_agent.scan import scan
 
     return scan(sys.stdout)
+
+
+def _scan_modbus(args: argparse.Namespace) -> int:
+    from edge_agent import modbus_scan
+
+    try:
+        units = modbus_scan.parse_units(args.units)
+    except ValueError as exc:
+        print(f"edge-agent: --units: {exc}", file=sys.stderr)
+        return 2
+    serial = None if args.modbus.startswith("tcp://") else {
+        "baudrate": args.baudrate, "parity": args.parity, "stopbits": args.stopbits}
+    return asyncio.run(modbus_scan.scan(args.modbus, units, sys.stdout, timeout=args.timeout,
+                                        unit_time=args.unit_time, serial=serial))
 
 
 def _profiles(args: argparse.Namespace) -> int:

@@ -1,0 +1,87 @@
+"""`edge-agent scan --modbus`: finds the units on a (simulated) line, recognises them by
+identification (43/14), SunSpec marker and model chain, or identification register, suggests
+a profile with a config snippet that validates, and never writes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from edge_agent import config as config_mod
+from edge_agent import modbus_scan
+from tests.helpers import SimulatorThread, run_cli
+
+READS = {3, 4, 43}
+
+
+def sunspec_unit(unit: int) -> dict:
+    """A SunSpec map: "SunS", model 1 (length 65), model 103 (length 50), end marker."""
+    registers = [
+        {"name": "marker", "address": 40000, "type": "uint32", "value": 0x53756E53},
+        {"name": "id1", "address": 40002, "value": 1}, {"name": "len1", "address": 40003,
+                                                         "value": 65},
+        {"name": "id103", "address": 40069, "value": 103},
+        {"name": "len103", "address": 40070, "value": 50},
+        {"name": "end", "address": 40121, "value": 0xFFFF}]
+    return {"unit": unit, "registers": registers}
+
+
+@pytest.fixture
+def line():
+    sims = SimulatorThread({"devices": [{"name": "line", "kind": "modbus-tcp", "units": [
+        {"unit": 2, "profile": "schneider-iem3x50",
+         "identification": {0: "Schneider Electric", 1: "A9MEM3155", 2: "2.1.4"}},
+        {"unit": 4, "profile": "gavazzi-em24",
+         "registers": [{"name": "id_code", "address": 0x000B, "value": 1650}]},
+        sunspec_unit(7),
+        {"unit": 9, "registers": [{"name": "x", "address": 0, "value": 1}]}]}]})
+    yield sims
+    sims.close()
+
+
+def snippet(output: str, unit: int) -> list:
+    lines = output.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith(f"  unit {unit}:"))
+    block = []
+    for text in lines[lines.index("    config:", start) + 1:]:
+        if not text.startswith("      "):
+            break
+        block.append(text[6:])
+    return yaml.safe_load("\n".join(block))
+
+
+def test_scan_finds_units_suggests_profiles_and_only_reads(line):
+    port = line.by_name("line").where
+    result = run_cli("scan", "--modbus", port, "--units", "1-10", "--timeout", "0.2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "4 unit(s) answered, 6 id(s) silent" in out
+    assert "suggested profile: schneider-iem3x50 (identification says Schneider Electric)" in out
+    assert "suggested profile: gavazzi-em24 (identification code 1650 at holding 0x000B)" in out
+    assert "SunSpec map at 40000: models 1, 103" in out
+    assert "suggested profile: sunspec-common" in out
+    assert "suggested profile: sunspec-inverter" in out
+    assert "unit 9: answers\n    no profile recognised" in out
+    devices = snippet(out, 2) + snippet(out, 4) + snippet(out, 7)
+    assert [d["profile"] for d in devices] == ["schneider-iem3x50", "gavazzi-em24",
+                                               "sunspec-common", "sunspec-inverter"]
+    config = config_mod.validate({"devices": devices}, environ={})
+    assert [d.unit for d in config.devices] == [2, 4, 7, 7]
+    for unit in line.by_name("line").units.values():
+        assert {code for code, _, _ in unit.requests} <= READS  # never a write
+        assert not unit.written
+
+
+@pytest.mark.parametrize("text", ["0-3", "5-2", "a", "1-300"])
+def test_bad_unit_ranges_are_refused(text):
+    with pytest.raises(ValueError):
+        modbus_scan.parse_units(text)
+    result = run_cli("scan", "--modbus", "tcp://127.0.0.1:1", "--units", text)
+    assert result.returncode == 2 and "--units" in result.stderr
+
+
+def test_unreachable_port_is_an_error_not_a_traceback():
+    result = run_cli("scan", "--modbus", "tcp://127.0.0.1:1", "--units", "1")
+    assert result.returncode == 2
+    assert "cannot open tcp://127.0.0.1:1" in result.stdout
+    assert "Traceback" not in result.stderr
