@@ -230,7 +230,8 @@ def _report(found: Unit, port: str, serial: dict[str, Any], out: TextIO) -> None
     devices = []
     for name, why in found.suggestions:
         print(f"    suggested profile: {name} ({why})", file=out)
-        device: dict[str, Any] = {"name": f"{name}-{found.unit}", "profile": name,
+        device: dict[str, Any] = {"name": f"{name}-{found.unit}", "driver": "modbus",
+                                  "profile": name,
                                   "port": port, "unit": found.unit}
         device.update({k: v for k, v in serial.items() if v is not None})
         devices.append(device)
