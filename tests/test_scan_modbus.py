@@ -32,7 +32,7 @@ def line():
         {"unit": 2, "profile": "schneider-iem3x50",
          "identification": {0: "Schneider Electric", 1: "A9MEM3155", 2: "2.1.4"}},
         {"unit": 4, "profile": "gavazzi-em24",
-         "registers": [{"name": "id_code", "address": 0x000B, "value": 1650}]},
+         "registers": [{"name": "id_code", "address": 0x000B, "value": 47}]},
         sunspec_unit(7),
         {"unit": 9, "registers": [{"name": "x", "address": 0, "value": 1}]}]}]})
     yield sims
@@ -57,7 +57,7 @@ def test_scan_finds_units_suggests_profiles_and_only_reads(line):
     out = result.stdout
     assert "4 unit(s) answered, 6 id(s) silent" in out
     assert "suggested profile: schneider-iem3x50 (identification says Schneider Electric)" in out
-    assert "suggested profile: gavazzi-em24 (identification code 1650 at holding 0x000B)" in out
+    assert "suggested profile: gavazzi-em24 (identification code 47 at holding 0x000B)" in out
     assert "SunSpec map at 40000: models 1, 103" in out
     assert "suggested profile: sunspec-common" in out
     assert "suggested profile: sunspec-inverter" in out
