@@ -25,12 +25,13 @@ def load(name: str) -> profiles.Profile:
     return entry.profile
 
 
-def raw_value(point: dict[str, Any], value: Any) -> Any:
-    """The register content whose reading, scaled, is `value` (value = raw * scale + offset)."""
+def raw_value(point: dict[str, Any], value: Any, exponent: int = 0) -> Any:
+    """The register content whose reading, scaled, is `value`
+    (value = raw * 10^exponent * scale + offset; `exponent` is a SunSpec scale factor)."""
     kind = point.get("type", "bool" if point.get("table") in ("coil", "discrete") else "uint16")
     if kind in ("string", "bool") or isinstance(value, bool | str):
         return value
-    raw = (value - point.get("offset", 0.0)) / point.get("scale", 1.0)
+    raw = (value - point.get("offset", 0.0)) / point.get("scale", 1.0) / 10 ** exponent
     return round(raw) if kind in _INTEGER_TYPES else raw
 
 
@@ -42,7 +43,9 @@ def register_specs(name: str) -> list[RegisterSpec]:
     specs = []
     for point in profile.device.get("points", []):
         value = profile.examples.get(point["name"], 0)
+        exponent = profile.examples.get(point.get("scale_factor") or "", 0)
         fields = {k: point[k] for k in ("table", "address", "type", "order", "length")
                   if k in point}
-        specs.append(RegisterSpec(name=point["name"], value=raw_value(point, value), **fields))
+        specs.append(RegisterSpec(name=point["name"], value=raw_value(point, value, exponent),
+                                  **fields))
     return specs

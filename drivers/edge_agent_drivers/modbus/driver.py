@@ -26,6 +26,7 @@ from edge_agent.decode import encode_value
 from edge_agent.driver import Driver
 from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
 from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent_drivers.modbus.adjust import Adjuster
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
@@ -49,6 +50,8 @@ class ModbusDriver(Driver):
         self.blocks = [BlockDecoder(b) for b in plan(
             config.points, config.max_registers, config.max_bits, config.gap_registers)]
         self._points = {p.name: p for p in config.points}
+        adjuster = Adjuster(config.points)  # "not available" markers, SunSpec scale factors
+        self._adjust = adjuster.apply if adjuster.needed else None
         self._bus: Bus | None = None
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
@@ -99,7 +102,7 @@ class ModbusDriver(Driver):
             self.errors[self._silent.kind] += 1
         if len(layout) != len(self.blocks):
             self.blocks = layout
-        return Sample(ts, readings)
+        return Sample(ts, self._adjust(readings) if self._adjust else readings)
 
     async def _read(self, bus: Bus, decoder: BlockDecoder,
                     readings: list[Reading]) -> list[BlockDecoder]:
