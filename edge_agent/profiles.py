@@ -68,6 +68,19 @@ class Match(_Strict):
     id_register: IdRegister | None = None
 
 
+class WireExample(_Strict):
+    """Register words as a document (or a capture it cites) shows them, and their value:
+    served as they are, they check the profile's type, word order and scale end to end."""
+
+    words: list[str] = Field(min_length=1)  # hex, one 16-bit register each, e.g. "4366"
+    value: Any
+    source: str = Field(min_length=1)  # where the words are shown
+
+    @property
+    def registers(self) -> list[int]:
+        return [int(word, 16) for word in self.words]
+
+
 class Profile(_Strict):
     """One profile file. `device` holds the device keys it supplies, points included."""
 
@@ -81,6 +94,7 @@ class Profile(_Strict):
     #: engineering values from the document's examples or ranges, by point name: the test
     #: simulator serves them and checks the agent publishes them
     examples: dict[str, Any] = Field(default_factory=dict)
+    wire_examples: dict[str, WireExample] = Field(default_factory=dict)
     match: Match | None = None
     notes: str | None = None
 
@@ -181,8 +195,25 @@ def check(profile: Profile) -> list[str]:
         model.model_validate(device)
     except ValidationError as exc:
         return format_problems(exc, "device")
-    unknown = sorted(set(profile.examples) - set(profile.point_names))
-    return [f"examples: no point named {name}" for name in unknown]
+    problems = [f"examples: no point named {name}"
+                for name in sorted(set(profile.examples) - set(profile.point_names))]
+    points = {p["name"]: p for p in profile.device.get("points", [])}
+    for name, wire in profile.wire_examples.items():
+        point = points.get(name)
+        if point is None:
+            problems.append(f"wire_examples: no Modbus point named {name}")
+            continue
+        try:
+            words = wire.registers
+        except ValueError:
+            problems.append(f"wire_examples.{name}.words: hex register values, like '4366'")
+            continue
+        from edge_agent.decode import register_count
+
+        expected = register_count(point.get("type", "uint16"), point.get("length", 1))
+        if len(words) != expected or any(not 0 <= w <= 0xFFFF for w in words):
+            problems.append(f"wire_examples.{name}.words: {expected} register(s) of 16 bits")
+    return problems
 
 
 class Library:

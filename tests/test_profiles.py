@@ -181,7 +181,8 @@ def test_every_profile_end_to_end_publishes_the_documents_values_and_units(
             readings = {r["metric"]: r for r in message["readings"]}
             for point in profile.device["points"]:
                 reading = readings.get(point["name"])
-                expected = profile.examples[point["name"]]
+                wire = profile.wire_examples.get(point["name"])
+                expected = wire.value if wire else profile.examples[point["name"]]
                 if reading is None:
                     mismatches.append(f"{name}.{point['name']}: not published")
                 elif reading["quality"] != "good" or reading.get("unit") != point.get("unit"):

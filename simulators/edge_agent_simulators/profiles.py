@@ -36,12 +36,20 @@ def raw_value(point: dict[str, Any], value: Any, exponent: int = 0) -> Any:
 
 
 def register_specs(name: str) -> list[RegisterSpec]:
-    """The Modbus registers of profile `name`, holding its examples (0 where it has none)."""
+    """The Modbus registers of profile `name`, holding its examples (0 where it has none),
+    or, for a point with a wire example, the document's register words themselves."""
     profile = load(name)
     if profile.driver != "modbus":
         raise ValueError(f"profile '{name}' is for driver '{profile.driver}', not modbus")
     specs = []
     for point in profile.device.get("points", []):
+        wire = profile.wire_examples.get(point["name"])
+        if wire is not None:  # the document's own words, served as they are
+            table = point.get("table", "holding")
+            specs += [RegisterSpec(name=f"{point['name']}#{i}", table=table,
+                                   address=point["address"] + i, type="uint16", value=word)
+                      for i, word in enumerate(wire.registers)]
+            continue
         value = profile.examples.get(point["name"], 0)
         exponent = profile.examples.get(point.get("scale_factor") or "", 0)
         fields = {k: point[k] for k in ("table", "address", "type", "order", "length")
