@@ -85,3 +85,23 @@ def test_unreachable_port_is_an_error_not_a_traceback():
     assert result.returncode == 2
     assert "cannot open tcp://127.0.0.1:1" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_scan_over_an_rtu_line_on_a_pty():
+    sims = SimulatorThread({"devices": [{"name": "rtu", "kind": "modbus-rtu", "units": [
+        {"unit": 3, "profile": "gavazzi-em340",
+         "registers": [{"name": "id_code", "address": 0x000B, "value": 341}]}]}]})
+    try:
+        path = sims.by_name("rtu").where
+        result = run_cli("scan", "--modbus", path, "--units", "1-4", "--timeout", "0.2",
+                         "--baudrate", "9600")
+        assert result.returncode == 0, result.stderr
+        assert "1 unit(s) answered, 3 id(s) silent" in result.stdout
+        [device] = snippet(result.stdout, 3)
+        assert device == {"name": "gavazzi-em340-3", "driver": "modbus",
+                          "profile": "gavazzi-em340", "port": path, "unit": 3,
+                          "baudrate": 9600, "parity": "N", "stopbits": 1}
+        unit = sims.by_name("rtu").units[3]
+        assert {code for code, _, _ in unit.requests} <= READS and not unit.written
+    finally:
+        sims.close()
