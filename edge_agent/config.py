@@ -296,6 +296,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     from edge_agent import profiles, registry  # late: they import this module's models
 
     data = overlay_env(data, dict(os.environ) if environ is None else environ)
+    entries = data.get("devices")
     data, profile_problems = profiles.resolve(data)
     if profile_problems:
         raise ConfigError(profile_problems)
@@ -318,7 +319,10 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
             typed.append(driver_cls.config_model.model_validate(
                 device.model_dump(exclude_unset=True)))
         except ValidationError as exc:
-            problems.extend(format_problems(exc, where))
+            lines = format_problems(exc, where)
+            if device.profile is not None:  # number points as the user's file does
+                lines = profiles.relocate(lines, entries[index], data["devices"][index])
+            problems.extend(lines)
     problems.extend(_port_conflicts(typed))
     if problems:
         raise ConfigError(problems)

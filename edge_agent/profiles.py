@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -326,3 +327,33 @@ def resolve(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 problems.append(f"{where}.{exc}")
         resolved.append(device)
     return {**data, "devices": resolved}, problems
+
+
+_POINT_PATH = re.compile(r"^(devices\[\d+\]\.)(\w+)\[(\d+)\]")
+
+
+def relocate(problems: list[str], entry: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """Error paths into a merged point list, renumbered as the user's entry has them.
+
+    A point the entry overrides or adds gets its index in the entry's own `points:`; a point
+    that comes from the profile alone is named, since the user's file has no index for it.
+    """
+    out = []
+    for line in problems:
+        match = _POINT_PATH.match(line)
+        key = match.group(2) if match else None
+        merged_items = merged.get(key) if key else None
+        if match is None or not isinstance(merged_items, list):
+            out.append(line)
+            continue
+        position = int(match.group(3))
+        item = merged_items[position] if position < len(merged_items) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        own = entry.get(key) if isinstance(entry.get(key), list) else []
+        mine = [i for i, p in enumerate(own) if isinstance(p, dict) and p.get("name") == name]
+        if mine:
+            path = f"{match.group(1)}{key}[{mine[0]}]"
+        else:
+            path = f"{match.group(1)}{key}[{name!r} of profile {entry.get('profile')!r}]"
+        out.append(path + line[match.end():])
+    return out

@@ -201,3 +201,16 @@ def test_every_profile_end_to_end_publishes_the_documents_values_and_units(
         assert weight["weight"]["unit"] == "kg" and isinstance(weight["stable"]["value"], bool)
     finally:
         sims.close()
+
+
+def test_errors_in_points_of_a_profile_device_are_numbered_as_in_the_users_entry():
+    # merged, "extra" is the profile's 15th point and "frequency" its 8th: the user's file
+    # has them at 0 and 1, and that is where the errors must point
+    for points, path in (
+            ([{"name": "extra", "address": 1, "type": "int8"}], "devices[0].points[0].type:"),
+            ([{"name": "x", "address": 1}, {"name": "frequency", "table": "tabel"}],
+             "devices[0].points[1].table:")):
+        with pytest.raises(ConfigError) as caught:
+            validate({"devices": [{"name": "m", "profile": "eastron-sdm120",
+                                   "port": "tcp://h:1", "points": points}]})
+        assert [p.split(" ", 1)[0] for p in caught.value.problems] == [path]
