@@ -214,3 +214,22 @@ def test_errors_in_points_of_a_profile_device_are_numbered_as_in_the_users_entry
             validate({"devices": [{"name": "m", "profile": "eastron-sdm120",
                                    "port": "tcp://h:1", "points": points}]})
         assert [p.split(" ", 1)[0] for p in caught.value.problems] == [path]
+
+
+def test_a_simulated_profile_unit_prints_an_agent_config_naming_the_profile():
+    sims = SimulatorThread({"devices": [{"name": "m", "kind": "modbus-tcp", "units": [
+        {"unit": 5, "profile": "renke-soil",
+         "registers": [{"name": "conductivity", "address": 2, "value": 7},
+                       {"name": "salinity", "address": 3, "value": 9}]}]}]})
+    try:
+        [device] = sims.agent_config("mqtt://127.0.0.1:1883")["devices"]
+        assert device["profile"] == "renke-soil" and device["unit"] == 5
+        assert [p["name"] for p in device["points"]] == ["conductivity", "salinity"]
+        config = validate({"devices": [device]})
+        assert [p.name for p in config.devices[0].points] == [
+            "moisture_soil", "temperature", "conductivity", "salinity"]
+        registers = {r.address: r for r in sims.by_name("m").units[5].registers}
+        assert registers[2].wave.value() == 7  # the spec's own register replaced the profile's
+        assert registers[0].wave.value() == 164  # 16.4 % at scale 0.1
+    finally:
+        sims.close()
