@@ -19,7 +19,6 @@ from pydantic import Field, create_model
 from edge_agent import profiles, registry
 from edge_agent.config import AgentConfig
 
-SCHEMA_ID = "https://github.com/edge-agent/edge-agent/blob/main/docs/config.schema.json"
 #: the lists of named items a profile supplies: not required in an entry that names one
 PROFILE_LISTS = ("points", "fields")
 
@@ -55,8 +54,7 @@ def build() -> dict[str, Any]:
                                "(edge-agent profiles; docs/profiles.md)"}
             definition["required"] = [r for r in definition.get("required", [])
                                       if r not in PROFILE_LISTS]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
-            **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def render() -> str:
