@@ -233,3 +233,12 @@ def test_a_simulated_profile_unit_prints_an_agent_config_naming_the_profile():
         assert registers[0].wave.value() == 164  # 16.4 % at scale 0.1
     finally:
         sims.close()
+
+
+def test_docs_list_every_shipped_profile_with_its_source_revision():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "profiles.md").read_text()
+    for name in SHIPPED:
+        source = LIBRARY.get(name).profile.source
+        row = next((line for line in page.splitlines() if line.startswith(f"| `{name}` |")), "")
+        assert source.revision in row and source.document in row, (
+            f"docs/profiles.md lacks {name} or its source: run scripts/profiles-table")
