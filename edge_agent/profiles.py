@@ -33,8 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 GROUP = "edge_agent.profiles"
 ENV_DIR = "EDGE_AGENT_PROFILES_DIR"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
-#: keys of a device entry that steer the profile instead of being device settings
-STEERING_KEYS = ("profile", "points_only")
 #: a placeholder port so a profile without one validates as a device would
 _CHECK_PORT = "profile-check"
 
