@@ -107,6 +107,13 @@ class _Probe:
             if header is None or header[0] == 0xFFFF:
                 return
             found.sunspec_models.append(header[0])
+            if header[0] == 1:  # the common model names the device: Mn, Md (32 chars each)
+                for key, offset in (("sunspec_manufacturer", 2), ("sunspec_model", 18)):
+                    words = await self.registers(found.unit, "holding", address + offset, 16)
+                    if words:
+                        text = b"".join(w.to_bytes(2, "big") for w in words)
+                        found.identification[key] = text.split(b"\0", 1)[0].decode(
+                            "latin-1").strip()
             address += 2 + header[1]
 
     async def id_registers(self, found: Unit, library: profiles.Library) -> None:

@@ -22,7 +22,9 @@ def sunspec_unit(unit: int) -> dict:
                                                          "value": 65},
         {"name": "id103", "address": 40069, "value": 103},
         {"name": "len103", "address": 40070, "value": 50},
-        {"name": "end", "address": 40121, "value": 0xFFFF}]
+        {"name": "end", "address": 40121, "value": 0xFFFF},
+        {"name": "mn", "address": 40004, "type": "string", "length": 32, "value": "Fronius"},
+        {"name": "md", "address": 40020, "type": "string", "length": 32, "value": "Symo 8.2"}]
     return {"unit": unit, "registers": registers}
 
 
@@ -58,7 +60,8 @@ def test_scan_finds_units_suggests_profiles_and_only_reads(line):
     assert "4 unit(s) answered, 6 id(s) silent" in out
     assert "suggested profile: schneider-iem3x50 (identification says Schneider Electric)" in out
     assert "suggested profile: gavazzi-em24 (identification code 47 at holding 0x000B)" in out
-    assert "SunSpec map at 40000: models 1, 103" in out
+    assert "sunspec_manufacturer 'Fronius', sunspec_model 'Symo 8.2'; SunSpec map at 40000: " \
+        "models 1, 103" in out
     assert "suggested profile: sunspec-common" in out
     assert "suggested profile: sunspec-inverter" in out
     assert "unit 9: answers\n    no profile recognised" in out
