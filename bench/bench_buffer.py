@@ -23,7 +23,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent import logs
-from edge_agent.broker import Mosquitto
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.config import MqttConfig
 from edge_agent.model import now_ms
@@ -31,6 +30,7 @@ from edge_agent.outbox import MemoryOutbox
 from edge_agent.outputs.json import JsonTopics
 from edge_agent.transport.base import Message, PlainWire
 from edge_agent.transport.mqtt import MqttPublisher
+from edge_agent_simulators.broker import Mosquitto
 
 DEVICES, REGISTERS, RATE = 10, 50, 100  # messages per second in the standard workload
 TOPICS = JsonTopics("edge", "bench")

@@ -252,6 +252,17 @@ def _shipped() -> tuple[Entry, ...]:
                  for path in _yaml_files(directory))
 
 
+def match_rules(library: Library, driver: str = "modbus") -> list[dict[str, Any]]:
+    """How a driver's line search (`scan`) recognises each profile, as plain data: the driver
+    matches them without importing the profile machinery."""
+    rules = []
+    for name in library.names:
+        profile = library.entries[name].profile
+        if profile is not None and profile.driver == driver and profile.match is not None:
+            rules.append({"name": name, **profile.match.model_dump(exclude_none=True)})
+    return rules
+
+
 def apply(profile: Profile, entry: dict[str, Any]) -> dict[str, Any]:
     """The device entry with the profile under it. Raises ValueError naming the bad key."""
     merged = copy.deepcopy(profile.device)

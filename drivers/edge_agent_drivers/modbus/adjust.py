@@ -8,7 +8,7 @@ Pure, and a no-op for devices that use neither (the driver does not even call it
 
 from __future__ import annotations
 
-from edge_agent.model import BAD, GOOD, Reading
+from edge_agent.sdk import BAD, GOOD, Reading
 from edge_agent_drivers.modbus.config import ModbusPoint
 
 #: SunSpec allows scale factors from -10 to 10; anything else is not a factor

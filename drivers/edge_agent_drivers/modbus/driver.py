@@ -21,11 +21,19 @@ import contextlib
 import struct
 from typing import Any
 
-from edge_agent import logs
-from edge_agent.decode import encode_value
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    Discovered,
+    Driver,
+    ProtocolError,
+    Reading,
+    Sample,
+    WriteRefused,
+    encode_value,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.modbus.adjust import Adjuster
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
@@ -55,11 +63,20 @@ class ModbusDriver(Driver):
         self._bus: Bus | None = None
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
-        self.log = logs.get("edge_agent.modbus", device=config.name)
+        self.log = get_logger("edge_agent.modbus", device=config.name)
 
-    def points(self) -> list[PointSpec]:
-        return [PointSpec(p.name, p.unit, p.scale, p.offset, p.writable, p.min, p.max)
-                for p in self.config.points]
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """`edge-agent scan --modbus PORT`: the units that answer, read only (discover.py).
+
+        Options: `units` (ids), `timeout` (s per request), `unit_time` (s per unit),
+        `serial` (baudrate, parity, stopbits), `profiles` (the profiles' match rules)."""
+        from edge_agent_drivers.modbus import discover
+
+        return discover.discover(port, units=list(options.get("units") or range(1, 248)),
+                                 timeout=float(options.get("timeout", 0.3)),
+                                 unit_time=float(options.get("unit_time", 3.0)),
+                                 serial=options.get("serial"), profiles=options.get("profiles"))
 
     async def connect(self) -> None:
         """Opens (or joins) the port's bus, then checks that this unit answers.

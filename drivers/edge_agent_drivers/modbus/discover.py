@@ -1,4 +1,5 @@
-"""`edge-agent scan --modbus PORT`: which unit ids answer on a line, and what they are.
+"""`edge-agent scan --modbus PORT` (ModbusDriver.discover): which unit ids answer on a line,
+what they are, and which device profile fits each.
 
 Read only, by construction: the probe sends reads (03, 04) and Read Device Identification
 (43/14), nothing else. For each unit id it asks holding then input register 0 (any answer,
@@ -7,6 +8,9 @@ its identification where supported, looks for the SunSpec marker "SunS" at 40000
 and 0 and walks the SunSpec model chain, and reads the identification registers profiles
 name (`match.id_register`). Every request has the same timeout and every unit a time
 budget, so a scan of N ids takes at most N budgets, a silent id only two timeouts.
+
+The profiles' match rules come in as plain data (the core's `profiles.match_rules`): the
+driver knows the protocol, the core knows the profiles, neither imports the other.
 """
 
 from __future__ import annotations
@@ -15,16 +19,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
-import yaml
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from edge_agent import profiles
-from edge_agent.errors import DeviceError
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import DeviceError, Discovered, resolve_port
 
 SUNSPEC_MARKER = [0x5375, 0x6E53]  # "SunS"
 SUNSPEC_BASES = (40000, 50000, 0)
@@ -42,21 +43,6 @@ class Unit:
     id_registers: dict[tuple[str, int], int] = field(default_factory=dict)
     suggestions: list[tuple[str, str]] = field(default_factory=list)  # (profile, why)
     incomplete: bool = False  # the unit's time budget ran out before every probe
-
-
-def parse_units(text: str) -> list[int]:
-    """`1-247`, `1,2,5-9`: unit ids, each 1..247 (0 is the broadcast address: never)."""
-    units: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            low, high = int(first), int(last or first)
-        except ValueError:
-            raise ValueError(f"'{text}' is not a list of unit ids like 1-247 or 1,2,5-9") from None
-        if not 1 <= low <= high <= 247:
-            raise ValueError(f"unit ids run from 1 to 247, not {part.strip()}")
-        units.extend(range(low, high + 1))
-    return sorted(set(units))
 
 
 class _Probe:
@@ -116,39 +102,36 @@ class _Probe:
                             "latin-1").strip()
             address += 2 + header[1]
 
-    async def id_registers(self, found: Unit, library: profiles.Library) -> None:
-        wanted = {(e.profile.match.id_register.table, e.profile.match.id_register.address)
-                  for e in library.entries.values()
-                  if e.profile and e.profile.match and e.profile.match.id_register}
+    async def id_registers(self, found: Unit, rules: list[dict[str, Any]]) -> None:
+        wanted = {(r["id_register"]["table"], r["id_register"]["address"])
+                  for r in rules if r.get("id_register")}
         for table, address in sorted(wanted):
             value = await self.registers(found.unit, table, address, 1)
             if value is not None:
                 found.id_registers[(table, address)] = value[0]
 
 
-def suggest(found: Unit, library: profiles.Library) -> list[tuple[str, str]]:
-    """The profiles whose `match` fits what the unit told: (name, why)."""
+def suggest(found: Unit, rules: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The profiles whose match rule fits what the unit told: (name, why)."""
     ident = {k: v.lower() for k, v in found.identification.items()}
     products = " ".join(ident.get(k, "") for k in ("product_code", "product_name", "model_name"))
     out = []
-    for name in library.names:
-        entry = library.entries[name]
-        match = entry.profile.match if entry.profile else None
-        if match is None or entry.profile.driver != "modbus":
-            continue
-        if match.vendor and match.vendor.lower() in ident.get("vendor", "") and (
-                match.product is None or match.product.lower() in products):
-            out.append((name, f"identification says {found.identification.get('vendor')}"))
-        elif match.sunspec and set(match.sunspec) & set(found.sunspec_models):
-            models = ", ".join(str(m) for m in sorted(set(match.sunspec)
-                                                       & set(found.sunspec_models)))
-            out.append((name, f"SunSpec model {models} at base {found.sunspec_base}"))
-        elif match.id_register is not None:
-            key = (match.id_register.table, match.id_register.address)
+    for rule in rules:
+        vendor, product = rule.get("vendor"), rule.get("product")
+        sunspec = set(rule.get("sunspec") or ()) & set(found.sunspec_models)
+        id_register = rule.get("id_register")
+        if vendor and vendor.lower() in ident.get("vendor", "") and (
+                product is None or product.lower() in products):
+            out.append((rule["name"], f"identification says {found.identification['vendor']}"))
+        elif sunspec:
+            models = ", ".join(str(m) for m in sorted(sunspec))
+            out.append((rule["name"], f"SunSpec model {models} at base {found.sunspec_base}"))
+        elif id_register:
+            key = (id_register["table"], id_register["address"])
             value = found.id_registers.get(key)
-            if value is not None and value in match.id_register.values:
-                out.append((name, f"identification code {value} at {key[0]} "
-                                  f"0x{key[1]:04X}"))
+            if value is not None and value in id_register["values"]:
+                out.append((rule["name"], f"identification code {value} at {key[0]} "
+                                          f"0x{key[1]:04X}"))
     return out
 
 
@@ -167,24 +150,24 @@ def _client(port: str, timeout: float, serial: dict[str, Any]) -> Any:
     return client
 
 
-async def scan(port: str, units: list[int], out: TextIO, *, timeout: float = 0.3,
-               unit_time: float = 3.0, serial: dict[str, Any] | None = None,
-               library: profiles.Library | None = None) -> int:
-    library = library or profiles.Library(profiles.user_dir())
-    serial = serial or {}
+def discover(port: str, *, units: list[int], timeout: float = 0.3, unit_time: float = 3.0,
+             serial: dict[str, Any] | None = None,
+             profiles: list[dict[str, Any]] | None = None) -> list[Discovered]:
+    """The units answering at `port` (read only), each with the profiles that fit it."""
+    return asyncio.run(_discover(port, units, timeout, unit_time, serial or {}, profiles or []))
+
+
+async def _discover(port: str, units: list[int], timeout: float, unit_time: float,
+                    serial: dict[str, Any], rules: list[dict[str, Any]]) -> list[Discovered]:
     try:
         client = _client(port, timeout, serial)
         opened = await client.connect()
     except (DeviceError, OSError, ValueError) as exc:
-        print(f"edge-agent: cannot open {port}: {exc}", file=out)
-        return 2
+        raise DeviceError(f"cannot open: {exc}") from None
     if not opened:
-        print(f"edge-agent: cannot open {port}", file=out)
-        return 2
+        raise DeviceError("cannot open")
     probe = _Probe(client, timeout)
-    print(f"Modbus units on {port} (ids {_ranges(units)}; {timeout:g} s per request, "
-          f"at most {unit_time:g} s per unit; read only)", file=out)
-    found: list[Unit] = []
+    found: list[Discovered] = []
     try:
         for unit in units:
             result = Unit(unit)
@@ -192,33 +175,20 @@ async def scan(port: str, units: list[int], out: TextIO, *, timeout: float = 0.3
                 async with asyncio.timeout(unit_time):
                     if not await probe.present(unit):
                         continue
-                    found.append(result)
                     await probe.identify(result)
                     await probe.sunspec(result)
-                    await probe.id_registers(result, library)
+                    await probe.id_registers(result, rules)
             except TimeoutError:
                 result.incomplete = True
-            result.suggestions = suggest(result, library)
-            _report(result, port, serial, out)
+            result.suggestions = suggest(result, rules)
+            found += _entries(result, port, serial)
     finally:
         with contextlib.suppress(Exception):
             client.close()
-    silent = len(units) - len(found)
-    print(f"{len(found)} unit(s) answered, {silent} id(s) silent", file=out)
-    return 0
+    return found
 
 
-def _ranges(units: list[int]) -> str:
-    parts, start = [], None
-    for i, unit in enumerate(units):
-        start = unit if start is None else start
-        if i + 1 == len(units) or units[i + 1] != unit + 1:
-            parts.append(f"{start}" if start == unit else f"{start}-{unit}")
-            start = None
-    return ",".join(parts)
-
-
-def _report(found: Unit, port: str, serial: dict[str, Any], out: TextIO) -> None:
+def _entries(found: Unit, port: str, serial: dict[str, Any]) -> list[Discovered]:
     facts = []
     if found.identification:
         facts.append("identification: " + ", ".join(
@@ -226,26 +196,19 @@ def _report(found: Unit, port: str, serial: dict[str, Any], out: TextIO) -> None
     if found.sunspec_base is not None:
         facts.append(f"SunSpec map at {found.sunspec_base}: models "
                      + ", ".join(str(m) for m in found.sunspec_models))
+        if found.sunspec_base != 40000:
+            facts.append("the sunspec-* profiles assume the map at 40000: copy the profile "
+                         "and move its addresses")
     if found.incomplete:
-        facts.append("(time budget ran out: some probes skipped)")
-    print(f"  unit {found.unit}: answers" + ("; " + "; ".join(facts) if facts else ""),
-          file=out)
+        facts.append("time budget ran out: some probes skipped")
+    head = f"unit {found.unit}: answers" + ("; " + "; ".join(facts) if facts else "")
     if not found.suggestions:
-        print("    no profile recognised: see `edge-agent profiles`, or write its points",
-              file=out)
-        return
-    devices = []
+        return [Discovered(f"{head}; no profile recognised (see `edge-agent profiles`, or "
+                           "write its points)", {})]
+    entries = []
     for name, why in found.suggestions:
-        print(f"    suggested profile: {name} ({why})", file=out)
         device: dict[str, Any] = {"name": f"{name}-{found.unit}", "driver": "modbus",
-                                  "profile": name,
-                                  "port": port, "unit": found.unit}
+                                  "profile": name, "port": port, "unit": found.unit}
         device.update({k: v for k, v in serial.items() if v is not None})
-        devices.append(device)
-    if found.sunspec_base not in (None, 40000):
-        print(f"    note: the sunspec-* profiles assume the map at 40000, this one is at "
-              f"{found.sunspec_base}: copy the profile and move its addresses", file=out)
-    print("    config:", file=out)
-    text = yaml.safe_dump(devices, sort_keys=False, default_flow_style=False, width=200)
-    for line in text.splitlines():
-        print(f"      {line}", file=out)
+        entries.append(Discovered(f"{head}; suggested profile: {name} ({why})", device))
+    return entries
