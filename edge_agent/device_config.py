@@ -100,6 +100,10 @@ class DeviceConfig(BaseModel):
     interval: float = Field(1.0, gt=0, le=86400)
     timeout: float = Field(1.0, gt=0, le=600)
     enabled: bool = True
+    # a device profile supplying points and settings (edge_agent/profiles.py); kept after
+    # resolution so the resolved config says where its points came from
+    profile: str | None = None
+    points_only: list[str] | None = None  # the subset of the profile's points to read
 
     def point_configs(self) -> Sequence[PointModel]:
         """The device's configured points. A driver whose config lists points (under any key)
