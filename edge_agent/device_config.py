@@ -107,6 +107,10 @@ class DeviceConfig(BaseModel):
     #: waits for the next slot (docs/operations.md "Limits"). None: 100/s, or twice the
     #: poll rate if that is higher
     max_rate: float | None = Field(None, gt=0, le=100_000)
+    # a device profile supplying points and settings (edge_agent/profiles.py); kept after
+    # resolution so the resolved config says where its points came from
+    profile: str | None = None
+    points_only: list[str] | None = None  # the subset of the profile's points to read
 
     def point_configs(self) -> Sequence[PointModel]:
         """The device's configured points. A driver whose config lists points (under any key)
