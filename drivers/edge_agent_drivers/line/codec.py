@@ -142,7 +142,7 @@ class LineParser:
             return self._parse(text)
         except LineError:
             raise
-        except Exception as exc:  # noqa: BLE001 - device input: nothing else may escape
+        except Exception as exc:  # device input: nothing else may escape
             raise LineError("parse", f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
     def _parse(self, text: str) -> list[Reading]:
