@@ -12,15 +12,24 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge_agent import config_source, identity
 from edge_agent.errors import ConfigError, DriverLoadError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 ENV_PREFIX = "EDGE_AGENT_"
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MAX_NAME = 128  # device and point names are topic levels: bounded, as every topic is
 SECRET_KEYS = frozenset({"password", "key", "token", "secret"})
 
 
@@ -44,13 +53,19 @@ class TlsConfig(Strict):
 
 
 class SparkplugConfig(Strict):
-    group_id: str = Field("edge", pattern=r"^[^/+#]+$")
-    primary_host: str | None = Field(None, pattern=r"^[^/+#]+$")  # Sparkplug host id (STATE)
+    group_id: str = "edge"
+    primary_host: str | None = None  # Sparkplug host id (STATE)
+
+    @field_validator("group_id", "primary_host")
+    @classmethod
+    def _topic_level(cls, value: str | None) -> str | None:
+        return value if value is None else identity.check_level(value, "the id")
 
 
 class MqttConfig(Strict):
     url: str | list[str] = "mqtt://127.0.0.1:1883"
-    topic_prefix: str = Field("edge", pattern=r"^[^+#]+$")
+    allow_dollar_prefix: bool = False  # a `$` prefix: only for brokers that accept one
+    topic_prefix: str = "edge"  # checked after allow_dollar_prefix, which it depends on
     qos: Literal[0, 1, 2] = 1
     format: Literal["json", "sparkplug"] = "json"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
@@ -61,6 +76,11 @@ class MqttConfig(Strict):
     inflight: int = Field(64, ge=1, le=65535)
     reconnect_max: float = Field(30.0, gt=0, le=3600)  # seconds; backoff ceiling between rounds
     sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_topic_levels(cls, value: str, info: ValidationInfo) -> str:
+        return identity.check_prefix(value, info.data.get("allow_dollar_prefix", False))
 
     @property
     def urls(self) -> list[str]:
@@ -98,7 +118,7 @@ class HttpConfig(Strict):
 class PointConfig(Strict):
     """The keys every point has, whatever the driver: naming and normalisation."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     unit: str | None = None
     scale: float = 1.0
     offset: float = 0.0
@@ -138,7 +158,7 @@ class DeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     port: str | None = None
     interval: float = Field(1.0, gt=0, le=86400)
@@ -177,6 +197,11 @@ class AgentConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str | None) -> str | None:
+        return value if value is None else identity.check_node_name(value)
 
     @model_validator(mode="after")
     def _unique_device_names(self) -> AgentConfig:
@@ -218,23 +243,8 @@ def _describe(item: dict[str, Any]) -> str:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Loads the file, turning I/O and syntax errors into config errors."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}:{where}: invalid YAML: {problem}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping, not {type(data).__name__}"])
-    return data
+    """Loads the file through the one safe reading step (size, UTF-8, YAML limits)."""
+    return config_source.read_config(path).data
 
 
 def resolve_config_path(cli_value: str | None) -> Path:
@@ -260,8 +270,8 @@ def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]
         if not path[0] or path[0] in NOT_CONFIG_KEYS:
             continue
         try:
-            value = yaml.safe_load(environ[name])
-        except yaml.YAMLError:
+            value = config_source.parse_value(environ[name], name)
+        except ConfigError:
             value = environ[name]
         node: Any = merged
         for index, key in enumerate(path):
@@ -291,10 +301,15 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     from edge_agent import registry  # late: the registry imports this module's models
 
     data = overlay_env(data, dict(os.environ) if environ is None else environ)
+    odd_keys = [repr(key) for key in data if not isinstance(key, str)]
+    if odd_keys:
+        raise ConfigError([f"<root>: keys must be names, not {', '.join(odd_keys)}"])
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(format_problems(exc)) from None
+    except RecursionError:
+        raise ConfigError(["<root>: nested too deeply"]) from None
     problems: list[str] = []
     typed: list[DeviceConfig] = []
     for index, device in enumerate(config.devices):
@@ -314,7 +329,11 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     problems.extend(_port_conflicts(typed))
     if problems:
         raise ConfigError(problems)
+    given = set(config.model_fields_set)
     config.devices = typed
+    # keep "devices" out of the fields set when the file did not name it: a reload tells an
+    # empty or truncated file from an intended `devices: []` by it (config_source)
+    config.model_fields_set.intersection_update(given)
     return config
 
 
