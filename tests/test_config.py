@@ -172,5 +172,6 @@ def test_node_name_prefers_env_then_config_then_hostname(monkeypatch):
 
 def test_node_name_replaces_characters_mqtt_forbids_in_a_level(monkeypatch):
     monkeypatch.setenv("NODE_NAME", "a/b+c#d")
-    assert node_name(None) == "a_b_c_d"
+    # `_` as the contract says, plus the suffix that keeps a/b, a+b and a_b apart
+    assert node_name(None) == "a_b_c_d~sph"
     assert client_id("a_b_c_d") == "edge-agent-a_b_c_d"
