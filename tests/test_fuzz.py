@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
 
 import pytest
 
@@ -13,6 +14,7 @@ from tests.helpers import REPO
 
 _spec = importlib.util.spec_from_file_location("fuzz", REPO / "bench" / "fuzz.py")
 fuzz = importlib.util.module_from_spec(_spec)
+sys.modules["fuzz"] = fuzz  # dataclasses look their module up there
 _spec.loader.exec_module(fuzz)
 
 
