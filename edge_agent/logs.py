@@ -54,6 +54,7 @@ def route_library_logs() -> None:
     root.setLevel(logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     logging.captureWarnings(True)
+    logging.raiseExceptions = False  # a failing handler must not print its own traceback
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_thread_exception
 
@@ -67,9 +68,16 @@ class StructlogHandler(logging.Handler):
                                       "message": record.getMessage()[:2000]}
             if record.exc_info and record.exc_info[1] is not None:
                 fields.update(exception_fields(record.exc_info[1], record.exc_info[2]))
-            structlog.get_logger(record.name).log(record.levelno, "library_log", **fields)
+            structlog.get_logger(record.name).log(_standard_level(record.levelno),
+                                                  "library_log", **fields)
         except Exception:  # a log line must never raise into the code that logged it
             self.handleError(record)
+
+
+def _standard_level(levelno: int) -> int:
+    """A library's own level (e.g. 25) as the standard level just below it."""
+    return max((level for level in _LEVELS.values() if level <= levelno),
+               default=logging.DEBUG) if levelno < logging.CRITICAL else logging.CRITICAL
 
 
 def exception_fields(exc: BaseException, tb: TracebackType | None) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def test_a_protocol_failing_on_garbage_is_one_json_event_not_a_traceback(structu
 
 def test_warnings_thread_crashes_and_uncaught_exceptions_are_json_events(structured, capfd):
     warnings.warn("something odd", UserWarning, stacklevel=1)
+    logging.getLogger("some.library").log(45, "a level of its own")
 
     def crash() -> None:
         raise RuntimeError("thread bug")
@@ -81,7 +82,9 @@ def test_warnings_thread_crashes_and_uncaught_exceptions_are_json_events(structu
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and err == ""
     events = {e["event"]: e for e in _events(out)}
-    assert "something odd" in events["library_log"]["message"]
+    library = [e for e in _events(out) if e["event"] == "library_log"]
+    assert "something odd" in library[0]["message"]
+    assert (library[1]["logger"], library[1]["level"]) == ("some.library", "error")
     assert events["thread_crashed"]["thread"] == "worker-1"
     assert events["thread_crashed"]["error"] == "RuntimeError: thread bug"
     assert events["uncaught_exception"]["error"] == "KeyError: 'main bug'"
