@@ -190,3 +190,17 @@ def test_a_reload_that_would_stop_everything_needs_an_explicit_devices_key(text,
     assert (reason is None) if refused is None else (refused in reason)
     idle = validate({}, environ={}, strict_drivers=False)
     assert config_source.reload_refusal(idle, new) is None  # nothing running: nothing to stop
+
+
+_ENV_NAME = st.lists(st.sampled_from(["MQTT", "URL", "QOS", "DEVICES", "0", "1", "NAME", "NODE",
+                                      "HTTP", "", "X", "99999999999999999999"]),
+                     min_size=1, max_size=4).map(lambda parts: "EDGE_AGENT_" + "__".join(parts))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_ENV_NAME, st.one_of(st.text(max_size=20), st.sampled_from(
+    ["[1, 2]", "{a: 1}", "&a [*a]", "!!binary AAAA", "1e999", "null"])), max_size=4))
+def test_any_env_overlay_gives_a_config_or_a_config_error(env):
+    data = {"devices": [{"name": "d", "driver": "nope"}], "mqtt": "not a mapping"}
+    with contextlib.suppress(ConfigError):
+        validate(data, environ=env, strict_drivers=False)
