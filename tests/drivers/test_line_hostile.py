@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -94,22 +95,29 @@ def test_one_read_with_a_bomb_between_two_good_lines_keeps_both_and_counts_one()
 
     async def scenario() -> None:
         pty = Pty()
+
+        async def send(data: bytes) -> None:  # every byte, however slowly the driver reads
+            while data:
+                try:
+                    data = data[os.write(pty.master, data):]
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+
         driver = LineDriver(LineDevice(name="d", driver="line", port=pty.path, max_line=4096,
                                        **JSON_KEYS))
         await driver.connect()
         try:
             stream = driver.stream()
-            pty.write(b'{"a": 1, "n": 1}\n' + b"[" * 3000 + b'\n{"a": 2, "n": 2}\n')
-            first = await asyncio.wait_for(anext(stream), 5)
-            second = await asyncio.wait_for(anext(stream), 5)
+            await send(b'{"a": 1, "n": 1}\n' + b"[" * 3000 + b'\n{"a": 2, "n": 2}\n')
+            first = await asyncio.wait_for(anext(stream), 10)
+            second = await asyncio.wait_for(anext(stream), 10)
             assert [r.value for r in first.readings] == [1.0, 1]
             assert [r.value for r in second.readings] == [2.0, 2]
             assert driver.counters["json"] == 1
-            for _ in range(64):  # 256 KiB without a line end
-                pty.write(b"9" * 4096)
-                await asyncio.sleep(0)
-            pty.write(b'\n{"a": 3, "n": 3}\n')
-            third = await asyncio.wait_for(anext(stream), 5)
+            reading = asyncio.ensure_future(anext(stream))
+            await send(b"9" * (256 * 1024))  # a device that never ends its line
+            await send(b'\n{"a": 3, "n": 3}\n')
+            third = await asyncio.wait_for(reading, 10)
             assert [r.value for r in third.readings] == [3.0, 3]
             assert driver.counters["overflow"] == 1
             assert len(driver._splitter._buffer) <= 4096
