@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.errors import ConfigError  # noqa: E402
 from edge_agent.model import BAD, GOOD  # noqa: E402
+from edge_agent_drivers.iec62056.codec import FrameError as Iec62056FrameError  # noqa: E402
 from edge_agent_drivers.nmea.codec import NmeaError  # noqa: E402
 
 Generate = Callable[[], Any]
@@ -377,6 +378,88 @@ def modbus(rng: random.Random) -> tuple[Generate, Check]:
                     isinstance(value, float) and math.isfinite(value)):
                 raise Garbage(f"{reading} is not a finite float")
             checked += 1
+        return checked
+
+    return generate, check
+
+
+# -- meters: IEC 62056-21 readouts, M-Bus frames and records -----------------------------
+@target("iec62056", rejects=(Iec62056FrameError,))
+def iec62056(rng: random.Random) -> tuple[Generate, Check]:
+    from edge_agent_drivers.iec62056 import codec
+
+    lines = ["0.0.0(12345678)", "1.8.0(001234.567*kWh)", "2.8.0(000012.000*kWh)",
+             "1.7.0(01.250*kW)", "32.7.0(230.1*V)", "31.7.0(002.50*A)", "14.7.0(50.00*Hz)",
+             "0.9.1(12:00:00)", "0.9.2(26-03-01)", "1-0:1.8.0*255(000001.000*kWh)"]
+    seeds = [codec.readout(lines), codec.readout(lines[:3])]
+    tokens = [t.decode("latin-1") for t in TOKENS if len(t) < 60]
+
+    def generate() -> bytes:
+        if rng.random() < 0.3:
+            return hostile_bytes(rng, seeds)
+        chosen = [line for line in lines if rng.random() < 0.7]
+        for _ in range(rng.randint(1, 3)):  # hostile values inside a right BCC
+            if chosen:
+                index = rng.randrange(len(chosen))
+                code, _, _ = chosen[index].partition("(")
+                chosen[index] = f"{code}({rng.choice(tokens)}*{rng.choice(['kWh', 'V', ''])})"
+        text = "".join(f"{line}\r\n" for line in chosen) + "!\r\n"
+        body = text.encode("latin-1") + bytes([codec.ETX])
+        return bytes([codec.STX]) + body + bytes([codec.bcc(body)])
+
+    def check(message: bytes) -> int:
+        checked = 0
+        for data_set in codec.parse_readout(message):  # FrameError: refused, counted
+            value = codec.typed_value(data_set.value)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise Garbage(f"{data_set} typed as {value}")
+            checked += 1
+        return checked
+
+    return generate, check
+
+
+@target("mbus")
+def mbus(rng: random.Random) -> tuple[Generate, Check]:
+    from edge_agent_drivers.mbus import frames, records
+    from edge_agent_simulators.mbus import heat_meter, water_meter
+
+    meters = [heat_meter(), water_meter()]
+    seeds = [meter.answer(meter.address, fcb) for meter in meters for fcb in (True, False)]
+    seeds += [frames.snd_nke(5), frames.req_ud2(5, True), bytes([frames.ACK])]
+
+    def generate() -> bytes:
+        roll = rng.random()
+        if roll < 0.5:  # a long frame with a right checksum around hostile variable data
+            payload = mutate(rng, rng.choice(seeds[:4])[4:-2], seeds)[:250]
+            if len(payload) < 3:
+                payload = payload.ljust(3, b"\x00")
+            return frames.long_frame(payload[0], payload[1], payload[2], payload[3:])
+        return hostile_bytes(rng, seeds)
+
+    def check(data: bytes) -> int:
+        reader = frames.FrameReader()
+        reader.feed(data)
+        checked = 0
+        for _ in range(len(data) + 1):
+            try:
+                frame = reader.next()
+            except frames.FrameError:
+                continue
+            if frame is None:
+                break
+            if frame.kind != "long":
+                continue
+            try:
+                telegram = records.decode(frame)
+            except frames.FrameError:
+                continue
+            for record in telegram.records:
+                if isinstance(record.value, float) and not math.isfinite(record.value):
+                    raise Garbage(f"{record} from {data.hex()[:120]}")
+                checked += 1
+        if len(reader.buffer) > reader.MAX_PENDING:
+            raise Garbage("the frame reader holds more than MAX_PENDING bytes")
         return checked
 
     return generate, check
