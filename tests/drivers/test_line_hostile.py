@@ -4,6 +4,7 @@ bounded, and nothing malformed is published as good (issue #18, item 6)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 
@@ -16,6 +17,7 @@ from edge_agent_drivers.line.codec import INT_RANGE, LineError, LineParser
 from edge_agent_drivers.line.config import LineDevice
 from edge_agent_drivers.line.driver import LineDriver
 from edge_agent_drivers.line.framing import LineSplitter
+from edge_agent_drivers.line.transport import MAX_PENDING, SerialTransport
 from edge_agent_simulators.pty import Pty
 
 JSON_KEYS = {"format": "json", "fields": [{"name": "a"}, {"name": "n", "type": "int"}]}
@@ -124,6 +126,29 @@ def test_one_read_with_a_bomb_between_two_good_lines_keeps_both_and_counts_one()
             await stream.aclose()
         finally:
             await driver.close()
+            pty.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_device_faster_than_its_reader_costs_at_most_max_pending_and_is_counted():
+    async def scenario() -> None:
+        pty = Pty()
+        transport = SerialTransport(pty.path)
+        await transport.open()
+        try:
+            sent = 0
+            while sent < MAX_PENDING + 512 * 1024:  # nobody calls read() meanwhile
+                with contextlib.suppress(BlockingIOError):
+                    sent += os.write(pty.master, b"x" * 65536)
+                await asyncio.sleep(0)
+            data = await transport.read(1)
+            assert len(data) <= MAX_PENDING
+            dropped = transport.take_dropped()
+            assert dropped > 0 and len(data) + dropped <= sent
+            assert transport.take_dropped() == 0  # reported once
+        finally:
+            transport.close()
             pty.close()
 
     asyncio.run(scenario())

@@ -91,6 +91,9 @@ class NmeaDriver(Driver):
                     yield sample
                 continue
             ts = now_ms()
+            dropped = transport.take_dropped()
+            if dropped:
+                self.counters.record("overrun", f"{dropped} bytes dropped unread")
             for line in splitter.feed(data):
                 sample = self._add(epoch, line, ts)
                 if sample is not None:
