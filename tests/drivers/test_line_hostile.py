@@ -59,7 +59,7 @@ def test_an_overlong_line_is_dropped_whole_and_its_tail_never_read_as_a_line():
     assert crlf.feed(b"x" * 20 + b"\r") == [] and crlf.feed(b"\nok\r\n") == [b"ok"]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=30), st.sampled_from([b"\n", b"\r\n", b";"]))
 def test_the_splitter_holds_at_most_max_line_bytes_whatever_arrives(chunks, terminator):
     splitter = LineSplitter(terminator, max_line=32)
@@ -75,7 +75,7 @@ _JSON_VALUE = st.recursive(
         st.sampled_from(["a", "n", "x"]), children, max_size=3), max_leaves=10)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.one_of(_JSON_VALUE.map(lambda v: __import__("json").dumps(v)), st.text(max_size=60)))
 def test_a_good_number_is_finite_and_fits_64_bits_whatever_the_line(text):
     try:

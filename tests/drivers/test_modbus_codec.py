@@ -74,7 +74,7 @@ _POINT = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(_POINT, min_size=1, max_size=6),
        st.lists(st.integers(0, 0xFFFF), max_size=40), st.booleans())
 def test_a_response_of_any_length_gives_one_reading_per_point_and_never_raises(

@@ -245,7 +245,7 @@ _FIELD_TEXT = st.one_of(
     st.integers(-10**12, 10**12).map(str))
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.sampled_from(["GGA", "RMC", "VTG", "GSA", "GLL", "ZDA"]),
        st.lists(st.one_of(_FIELD_TEXT, st.sampled_from(["N", "S", "E", "W", "A", "V", "T"])),
                 min_size=4, max_size=20))

@@ -62,7 +62,7 @@ _FIELD = st.fixed_dictionaries({
 }).map(lambda f: {**f, "length": 5} if f["type"] == "string" else f)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(_FIELD, min_size=1, max_size=4, unique_by=lambda f: f["name"]),
        st.binary(max_size=64))
 def test_any_report_of_any_length_decodes_one_reading_per_field_and_never_raises(fields, data):
