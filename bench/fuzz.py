@@ -195,9 +195,9 @@ def _with_checksum(body: bytes) -> bytes:
 # -- line instruments: framing and the three formats ----------------------------------------
 @target("line")
 def line(rng: random.Random) -> tuple[Generate, Check]:
+    from edge_agent.framing import LineSplitter
     from edge_agent_drivers.line.codec import INT_RANGE, LineError, LineParser
     from edge_agent_drivers.line.config import LineDevice
-    from edge_agent_drivers.line.framing import LineSplitter
 
     fields = [{"name": "a"}, {"name": "n", "type": "int"}, {"name": "b", "type": "bool"},
               {"name": "s", "type": "string"}]
@@ -514,7 +514,8 @@ def can_frames(rng: random.Random) -> tuple[Generate, Check]:
 @target("config", rejects=(ConfigError,))
 def config(rng: random.Random) -> tuple[Generate, Check]:
     from edge_agent import config_source, identity
-    from edge_agent.config import MAX_NAME, validate
+    from edge_agent.config import validate
+    from edge_agent.device_config import MAX_NAME
 
     seeds = [
         b"node: edge-1\nmqtt:\n  url: mqtt://127.0.0.1:1883\n  topic_prefix: plant/edge\n"

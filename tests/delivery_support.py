@@ -13,7 +13,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.broker import Mosquitto
+from edge_agent_simulators.broker import Mosquitto
 
 #: mosquitto as root drops to user "mosquitto", which cannot read our temp folders
 ROOT_OK = "user root"

@@ -23,9 +23,12 @@ def test_hostile_files_are_refused_on_reload_and_the_next_valid_one_is_applied(
     path.write_text(yaml.safe_dump(config))
     thread = AgentThread(config, path, watch_interval=0.05).start()
     agent = thread.agent
+
+    def polls() -> int:
+        return thread.call(lambda: agent.supervisor.runners["boiler-1"].state.polls)
+
     try:
-        wait_until(lambda: thread.call(lambda: agent.runners["boiler-1"].state.polls) > 2,
-                   what="boiler-1 polled")
+        wait_until(lambda: polls() > 2, what="boiler-1 polled")
         hostile = [
             (b"node: caf\xe9\n", "not UTF-8 text: byte 0xe9 at offset 9"),
             (b"", "the file is empty"),
@@ -39,9 +42,8 @@ def test_hostile_files_are_refused_on_reload_and_the_next_valid_one_is_applied(
                        what=f"refusal {failures}")
             assert reason in agent.reload_stats["last_error"]
             assert thread.get("/healthz")[0] == 200
-        polls = thread.call(lambda: agent.runners["boiler-1"].state.polls)
-        wait_until(lambda: thread.call(lambda: agent.runners["boiler-1"].state.polls)
-                   > polls + 2, what="boiler-1 still polled")
+        before = polls()
+        wait_until(lambda: polls() > before + 2, what="boiler-1 still polled")
         metrics = thread.metrics()
         assert sample_value(metrics, "edge_agent_config_reload_failures_total") == len(hostile)
         assert sample_value(metrics, "edge_agent_config_last_reload_success") == 0
@@ -53,7 +55,7 @@ def test_hostile_files_are_refused_on_reload_and_the_next_valid_one_is_applied(
         assert thread.call(lambda: agent.config.devices[0].interval) == 0.2
 
         path.write_text("devices: []\n")  # stopping everything on purpose is allowed
-        wait_until(lambda: not thread.call(lambda: list(agent.runners)),
+        wait_until(lambda: not thread.call(lambda: list(agent.supervisor.runners)),
                    what="every device stopped on purpose")
         assert agent.reload_stats["failures"] == len(hostile)
     finally:

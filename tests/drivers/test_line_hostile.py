@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.framing import LineSplitter
 from edge_agent.model import BAD, GOOD
+from edge_agent.serial_transport import MAX_PENDING, SerialTransport
 from edge_agent_drivers.line.codec import INT_RANGE, LineError, LineParser
 from edge_agent_drivers.line.config import LineDevice
 from edge_agent_drivers.line.driver import LineDriver
-from edge_agent_drivers.line.framing import LineSplitter
-from edge_agent_drivers.line.transport import MAX_PENDING, SerialTransport
 from edge_agent_simulators.pty import Pty
 
 JSON_KEYS = {"format": "json", "fields": [{"name": "a"}, {"name": "n", "type": "int"}]}

@@ -12,11 +12,19 @@ names them stably), so the core knows every metric's unit before the first sampl
 
 from __future__ import annotations
 
-from edge_agent import logs
-from edge_agent.driver import BlockingDriver
-from edge_agent.errors import DeviceError, ProtocolError
-from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample, now_ms
-from edge_agent_drivers.line.tally import FaultTally
+from edge_agent.sdk import (
+    BAD,
+    GOOD,
+    BlockingDriver,
+    DeviceError,
+    FaultTally,
+    PointSpec,
+    ProtocolError,
+    Reading,
+    Sample,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.mbus import frames, line, records, scan
 from edge_agent_drivers.mbus.config import MbusDevice
 
@@ -29,8 +37,8 @@ class MbusDriver(BlockingDriver):
     def __init__(self, config: MbusDevice) -> None:
         super().__init__(config)
         self.config: MbusDevice = config
-        self.log = logs.get("edge_agent.driver.mbus", device=config.name)
-        self.errors = FaultTally(self.log, "mbus_fault")
+        self.log = get_logger("edge_agent.driver.mbus", device=config.name)
+        self.errors: FaultTally = FaultTally(self.log, "mbus_fault")
         self._line: line.MbusLine | None = None
         self._renamed = {p.record: p for p in config.points}
         self._units: dict[str, str | None] = {}  # record name -> unit, as learned
