@@ -176,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     except (StartupError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bug: its traceback goes to the structured log, not stderr
-        logs.get("edge_agent.agent").exception("agent_crashed", error=repr(exc))
+        logs.get("edge_agent.agent").critical(
+            "agent_crashed", **logs.exception_fields(exc, exc.__traceback__))
         print(f"edge-agent: stopped by an unexpected error: {exc!r}", file=sys.stderr)
         return 1
     return 0

@@ -214,7 +214,7 @@ def test_nothing_reaches_the_console_as_a_raw_traceback(drivers_installed, mosqu
     def events() -> set[str]:
         return {line.get("event") for line in agent.log_lines()}
 
-    wanted = {"driver_crashed", "loop_error", "thread_failed", "publish_failed"}
+    wanted = {"driver_crashed", "loop_error", "thread_crashed", "publish_failed"}
     wait_until(lambda: wanted <= events(), timeout=30, what=f"the events {wanted}")
     assert agent.stop() == 0
     lines = agent.log_lines()
@@ -226,4 +226,4 @@ def test_nothing_reaches_the_console_as_a_raw_traceback(drivers_installed, mosqu
     loop_errors = [line for line in lines if line.get("event") == "loop_error"]
     assert any("an orphaned task failed" in line.get("error", "") for line in loop_errors)
     assert any("a loop callback failed" in line.get("error", "") for line in loop_errors)
-    assert "a driver thread failed" in by_event["thread_failed"]["error"]
+    assert "a driver thread failed" in by_event["thread_crashed"]["error"]
