@@ -1,4 +1,5 @@
-"""The docs stay true to the tree: links resolve, anchors exist, metric names are real.
+"""The docs stay true to the tree: links resolve, anchors exist, metric names are real, the
+command lines shown parse.
 
 Prose drifts silently when code moves; these checks catch the drift that can be checked
 mechanically (a renamed heading, a moved file, a renamed metric) at test time instead of when a
@@ -7,6 +8,9 @@ reader follows a dead link or builds an alert on a series that does not exist.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import re
 from pathlib import Path
 
@@ -84,3 +88,39 @@ def test_every_metric_named_in_the_docs_exists() -> None:
                 missing.append(f"{doc.relative_to(ROOT)}: {name}")
     assert not missing, "metrics named in the docs that the code does not expose:\n" + "\n".join(
         sorted(missing))
+
+
+def _code(text: str) -> str:
+    """The docs' code: fenced blocks and inline spans, one per line (prose is not a command)."""
+    blocks = [m.group(0) for m in _FENCE.finditer(text)]
+    spans = [m.group(0).strip("`") for m in _INLINE_CODE.finditer(_FENCE.sub("", text))]
+    return "\n".join(blocks + spans)
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """Every `edge-agent COMMAND ...` the docs show, cut at the first shell or comment syntax."""
+    found = []
+    for doc in DOCS:
+        for match in re.finditer(r"edge-agent ([a-z][a-z-]*(?: [^`#\n|>;&)]*)?)",
+                                 _code(doc.read_text())):
+            line = match.group(1).replace("[", " ").replace("]", " ").strip().rstrip(".,:")
+            found.append((doc.name, line))
+    return found
+
+
+def test_every_command_line_in_the_docs_parses() -> None:
+    from edge_agent.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    wrong = []
+    for doc, line in _command_lines():
+        words = line.split()
+        if words[0] not in commands.choices:  # prose: "edge-agent runs ...", "edge-agent COMMAND"
+            continue
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                parser.parse_args(words)
+        except SystemExit:
+            wrong.append(f"{doc}: edge-agent {line}")
+    assert not wrong, "command lines in the docs that edge-agent refuses:\n" + "\n".join(wrong)
