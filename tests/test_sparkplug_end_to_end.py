@@ -219,8 +219,9 @@ def test_rebirth_on_ncmd_and_dcmd_writes_reach_the_device_through_the_downlink_p
     sub.client.publish(f"spBv1.0/{GROUP}/DCMD/{NODE}/boiler-1", b"\x0a\xff", qos=0)
     sub.client.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", ncmd_rebirth(), qos=0)
     again = view.wait("NBIRTH", count=2)[1]
-    events = [line.get("event") for line in agent.log_lines()]
-    assert "sparkplug_bad_ncmd" in events and "sparkplug_bad_dcmd" in events
+    rejected = [line for line in agent.log_lines() if line.get("event") == "downlink_rejected"]
+    assert {(line["reason"], line.get("topic", line.get("device"))) for line in rejected} == {
+        ("malformed", f"spBv1.0/{GROUP}/NCMD/{NODE}"), ("malformed", "boiler-1")}
     view.wait("DBIRTH", count=2, device="boiler-1")
     assert again["seq"] == 0
     assert metric(again, "bdSeq")["value"] == metric(first, "bdSeq")["value"]  # same session
