@@ -269,6 +269,8 @@ class Downlink:
         """Validates the whole request, then performs it: one result per write it asks for."""
         count = max(1, len(request.writes))
         problem, reason = request.problem, request.reason
+        if problem is None and not request.writes:
+            problem = "the request asks for no write"
         target = None
         if problem is None:
             target = self.lookup(request.device)

@@ -409,7 +409,7 @@ class SparkplugSession:
                       metrics=[inbound.shown(m.name or m.alias) for m in payload.metrics[:8]])
         return None
 
-    def _on_dcmd(self, device_name: str, data: bytes, retained: bool) -> WriteRequest:
+    def _on_dcmd(self, device_name: str, data: bytes, retained: bool) -> WriteRequest | None:
         """A DCMD as one request, validated whole: any metric that is unknown, of another
         datatype or without a value makes the request refused, and nothing of it is written."""
         writes: list[tuple[str, Any]] = []
@@ -420,6 +420,8 @@ class SparkplugSession:
                 payload = codec.parse(data)
             except ValueError as exc:
                 raise BadPayload(_parse_reason(data), str(exc)) from None
+            if not payload.metrics:
+                return None  # asks nothing (an empty payload parses as one): nothing to do
             device = self._lookup(device_name)
             if device is None:
                 raise BadPayload("unknown_device", f"no device '{device_name}' on this node")
@@ -442,7 +444,11 @@ class SparkplugSession:
         return WriteRequest(device_name, tuple(writes), DCMD_ID)
 
     def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None:
-        """DCMD has no reply topic: each write's outcome is logged and counted."""
+        """DCMD has no reply topic: each write's outcome is logged and counted (a request
+        refused unread is already logged, once, by the downlink)."""
+        if request.problem is not None:
+            self.commands_refused += 1
+            return
         metrics: list[str | None] = [metric for metric, _ in request.writes] or [None]
         for metric, result in zip(metrics, results, strict=False):
             if result.ok:
