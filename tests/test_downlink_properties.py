@@ -78,7 +78,7 @@ def test_any_set_payload_becomes_one_request_that_can_always_be_answered(payload
     assert request.request_id is None or inbound.valid_id(request.request_id)
     if request.problem is None:
         assert not retained
-        [(metric, value)] = request.writes
+        [(_metric, value)] = request.writes
         assert isinstance(value, bool | int | float | str)
         assert not (isinstance(value, float) and not math.isfinite(value))
     output.answer(request, [_refused()])
@@ -218,7 +218,7 @@ def test_every_spelling_of_an_in_range_integer_reads_back_as_itself(kind, data):
     low, high = RANGES[kind]
     value = data.draw(st.integers(low, high))
     datatype = INT_DATATYPES[kind]
-    own = MetricDefFor(datatype)
+    own = metric_def(datatype)
     encoded = codec.device_birth(1, 1, [(own, codec.Reading(value, 1))])  # the agent's spelling
     [metric] = codec.parse(encoded).metrics
     assert codec.command_value(metric, datatype) == value
@@ -227,7 +227,7 @@ def test_every_spelling_of_an_in_range_integer_reads_back_as_itself(kind, data):
         assert codec.command_value(java, datatype) == value
 
 
-def MetricDefFor(datatype: int) -> codec.MetricDef:  # noqa: N802 - reads as a constructor
+def metric_def(datatype: int) -> codec.MetricDef:
     return codec.MetricDef("v", 9, datatype)
 
 
