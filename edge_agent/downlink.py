@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import struct
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,18 @@ def _raw_value(spec: PointSpec, scaling: Scaling, value: Any) -> Any:
         return whole
     if kind == "float32" and abs(raw) > _FLOAT32_MAX:
         raise WriteRefused(f"{shown(value)} does not fit the float32 of '{spec.name}'")
-    return float(raw)
+    number = float(raw)
+    if isinstance(raw, int) and not _holds_exactly(kind, raw, number):
+        # a fraction is approximate to every float reader (0.1); a whole number is not
+        raise WriteRefused(f"{shown(value)} cannot be written exactly to the "
+                           f"{kind or 'float'} '{spec.name}'")
+    return number
+
+
+def _holds_exactly(kind: str | None, whole: int, number: float) -> bool:
+    if number != whole:
+        return False
+    return kind != "float32" or struct.unpack("<f", struct.pack("<f", number))[0] == number
 
 
 class WriteTarget(Protocol):

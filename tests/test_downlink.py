@@ -205,6 +205,12 @@ def test_raw_value_accepts(spec, scaling, value, raw):
     (PointSpec("p", writable=True, value_type="float32"), 1e39, "float32"),
     (PointSpec("p", writable=True, value_type="string"), 5, "takes a string"),
     (PointSpec("p", writable=True, minimum=0), -0.5, "below the minimum 0"),
+    (PointSpec("p", writable=True, value_type="int16"), 10**400, "out of range"),
+    (PointSpec("p", writable=True, value_type="uint16"), 70000, "outside uint16"),
+    (PointSpec("p", writable=True, value_type="int16"), 1.0000001, "resolution"),
+    (PointSpec("p", writable=True, value_type="float64"), 2**53 + 1, "exactly"),
+    (PointSpec("p", writable=True, value_type="float32"), 2**24 + 1, "exactly"),
+    (PointSpec("p", writable=True, value_type="uint64"), 2**64, "outside uint64"),
 ])
 def test_raw_value_refuses(spec, value, message):
     with pytest.raises(WriteRefused, match=message):
