@@ -49,10 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{config_mod.DEFAULT_CONFIG_PATH})")
     check.set_defaults(func=_check_config)
 
-    scan = add_command(commands, "scan", "list serial ports and USB devices",
+    scan = add_command(commands, "scan", "list serial ports and USB devices; search a line",
                        "Lists serial ports and USB devices with their stable identities "
-                       "(by-id path, VID:PID, serial number) and a config snippet for each.",
-                       "edge-agent scan")
+                       "(by-id path, VID:PID, serial number) and a config snippet for each. "
+                       "With --mbus PORT, searches that M-Bus line for meters instead (read "
+                       "only: a primary address sweep, or --secondary for an identification "
+                       "number search).",
+                       "edge-agent scan\n  edge-agent scan --mbus /dev/ttyUSB0 --secondary")
+    scan.add_argument("--mbus", metavar="PORT", help="search this M-Bus line for meters")
+    scan.add_argument("--secondary", action="store_true",
+                      help="with --mbus: search by identification number (finds meters that "
+                      "share a primary address)")
+    scan.add_argument("--baudrate", type=int, default=None,
+                      help="with --mbus: the line's rate (default 2400)")
     scan.set_defaults(func=_scan)
 
     add_commands(commands)
@@ -145,8 +154,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from edge_agent.scan import scan
+    from edge_agent.scan import scan, search_line
 
+    if args.mbus:
+        return search_line("mbus", args.mbus, sys.stdout, secondary=args.secondary,
+                           baudrate=args.baudrate)
     return scan(sys.stdout)
 
 

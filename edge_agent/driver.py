@@ -12,12 +12,19 @@ import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from edge_agent.device_config import DeviceConfig
 from edge_agent.model import PointSpec, Sample
 
 T = TypeVar("T")
+
+
+class Discovered(NamedTuple):
+    """A device found on a line: one line describing it, and a device config that reaches it."""
+
+    description: str
+    config: dict[str, Any]
 
 
 class Driver:
@@ -73,6 +80,14 @@ class Driver:
     async def write(self, metric: str, value: Any) -> None:
         """Writes a raw (already unscaled) value to a writable point."""
         raise NotImplementedError(f"driver '{self.config.driver}' does not support writes")
+
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """The devices this driver finds on the line at `port`, for `edge-agent scan`.
+
+        Blocking and read only: a driver whose protocol can find its devices (an M-Bus
+        address sweep) overrides this; the core knows the driver only by its name."""
+        raise NotImplementedError("this driver cannot search a line for devices")
 
 
 class BlockingDriver(Driver):

@@ -44,7 +44,7 @@ from edge_agent.device_config import (
     SerialDevice,
     Strict,
 )
-from edge_agent.driver import BlockingDriver, Driver
+from edge_agent.driver import BlockingDriver, Discovered, Driver
 from edge_agent.errors import (
     DeviceDisconnected,
     DeviceError,
@@ -74,6 +74,7 @@ __all__ = [
     "DeviceDisconnected",
     "DeviceError",
     "DeviceTimeout",
+    "Discovered",
     "Driver",
     "EdgeAgentError",
     "FaultTally",

@@ -12,11 +12,14 @@ names them stably), so the core knows every metric's unit before the first sampl
 
 from __future__ import annotations
 
+from typing import Any
+
 from edge_agent.sdk import (
     BAD,
     GOOD,
     BlockingDriver,
     DeviceError,
+    Discovered,
     FaultTally,
     PointSpec,
     ProtocolError,
@@ -68,6 +71,30 @@ class MbusDriver(BlockingDriver):
         if first is not None:  # the readout connect took: a meter's battery is precious
             return first
         return await self.in_thread(self._sample)
+
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """`edge-agent scan --mbus PORT [--secondary]`: the meters on the line, read only."""
+        secondary = bool(options.get("secondary", False))
+        found = discover(port, secondary=secondary,
+                         baudrate=int(options.get("baudrate") or 2400))
+        out = []
+        for meter in found:
+            if meter.identification == "collision":
+                out.append(Discovered(f"primary {meter.address}: several meters answer "
+                                      "(search with --secondary)", {}))
+                continue
+            where = (f"primary {meter.address}" if meter.address is not None
+                     else f"secondary {meter.identification}")
+            config: dict[str, Any] = {"name": f"meter-{meter.identification}",
+                                      "driver": "mbus", "port": port}
+            if meter.address is not None:
+                config["address"] = meter.address
+            else:
+                config["secondary"] = meter.identification
+            out.append(Discovered(f"{where}: id {meter.identification}, manufacturer "
+                                  f"{meter.manufacturer}, medium {meter.medium:#04x}", config))
+        return out
 
     # -- on the device's thread ---------------------------------------------------------------
     def _connect(self) -> None:
@@ -160,7 +187,6 @@ class MbusDriver(BlockingDriver):
                                 f"selected {self.config.secondary}")
         self.identification = telegram.identification
         return telegram
-
 
 
 def discover(port: str, *, secondary: bool = False, addresses: range = range(0, 251),
