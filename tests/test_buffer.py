@@ -628,3 +628,18 @@ def test_a_disk_that_takes_writes_again_gets_the_buffer_back_from_memory(tmp_pat
         reopened.close()
     finally:
         fs.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_bytes_waiting_return_to_zero_when_everything_is_acknowledged(tmp_path, store):
+    """An alert on `edge_agent_buffer_bytes > 0` must clear once the buffer has drained."""
+    outbox = (SqliteOutbox(tmp_path / "b.sqlite3", 1 << 20) if store == "sqlite"
+              else MemoryOutbox(1 << 20))
+    for round_ in range(3):
+        fill(outbox, "a", 50 + round_)
+        fill(outbox, "b", 7)
+        assert outbox.size_bytes() > 0 and outbox.stats()["bytes"] > 0
+        outbox.ack([row.id for row in outbox.fetch(0, 1000)])
+        outbox.flush()
+        assert outbox.depth() == 0
+        assert outbox.size_bytes() == 0 and outbox.stats()["bytes"] == 0

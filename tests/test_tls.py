@@ -49,7 +49,7 @@ def tls_broker(pki: Pki, tmp_path: Path, mutual: bool = False, password: bool = 
     lines += [f"listener {plain} 127.0.0.1", "allow_anonymous true"]
     broker.conf.write_text("\n".join(lines) + "\n")
     broker.start()  # waits for the TLS listener only
-    wait_for_port(plain)
+    wait_for_port(plain)  # the subscriber's listener may open a moment later
     return broker, plain
 
 
