@@ -424,8 +424,9 @@ class SparkplugSession:
         return None
 
     def _on_dcmd(self, device_name: str, data: bytes, retained: bool) -> WriteRequest | None:
-        """A DCMD as one request, validated whole: any metric that is unknown, of another
-        datatype or without a value makes the request refused, and nothing of it is written."""
+        """A DCMD as one request, validated whole: any metric that is unknown, set twice, of
+        another datatype or without a value makes the request refused, and nothing of it is
+        written (so a DCMD asks at most one write per point of the device)."""
         writes: list[tuple[str, Any]] = []
         try:
             if retained:
@@ -447,6 +448,9 @@ class SparkplugSession:
                 if spec is None:
                     writes.append((metric.name or str(metric.alias), None))
                     raise BadPayload("invalid", f"device '{device_name}' has no metric {label}")
+                if any(name == spec.name for name, _ in writes):
+                    writes.append((spec.name, None))
+                    raise BadPayload("invalid", f"metric {label} is set twice in one DCMD")
                 try:
                     writes.append((spec.name, codec.command_value(metric, spec.datatype)))
                 except ValueError as exc:
