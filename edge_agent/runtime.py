@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import config as config_mod
-from edge_agent import logs, outputs
+from edge_agent import config_source, logs, outputs
 from edge_agent.config import AgentConfig
 from edge_agent.delivery import Delivery
 from edge_agent.downlink import Downlink
@@ -95,7 +95,7 @@ class Agent:
         output = outputs.create(self.config, self.node, self.supervisor, delivery)
         self.output = output
         self.downlink = Downlink(output, self.supervisor.view, self.downlink_rejected)
-        delivery.start(self.config.mqtt, client_id(self.node), output,
+        delivery.start(self.config.mqtt, client_id(self.config.node), output,
                        self.downlink.on_message)
 
     async def _stop_output(self) -> None:
@@ -159,14 +159,18 @@ class Agent:
             stats = self.reload_stats
             stats["attempts"] += 1
             stats["last_ts"] = time.time()
-            try:
-                new = config_mod.load(self.config_path, strict_drivers=False)
+            try:  # in a thread: a big file or a refused bomb must not stall the loop
+                new = await asyncio.to_thread(config_mod.load, self.config_path,
+                                              strict_drivers=False)
             except ConfigError as exc:
-                stats["failures"] += 1
-                stats["last_ok"] = 0
-                stats["last_error"] = "; ".join(exc.problems)
-                self.log.error("config_reload_failed", reason=reason, path=str(self.config_path),
-                               problems=exc.problems, kept="the running config")
+                self._reload_refused(reason, "config_reload_failed", exc.problems)
+                return False
+            except Exception as exc:  # a third-party driver's validator: still not fatal
+                self._reload_refused(reason, "config_reload_failed", [repr(exc)[:500]])
+                return False
+            refusal = config_source.reload_refusal(self.config, new)
+            if refusal is not None:
+                self._reload_refused(reason, "config_reload_refused", [refusal])
                 return False
             changes = plan(self.config, new)
             self.log.info("config_reloaded", reason=reason, **changes.summary())
@@ -174,6 +178,15 @@ class Agent:
             stats["last_ok"] = 1
             stats["last_error"] = None
             return True
+
+    def _reload_refused(self, reason: str, event: str, problems: list[str]) -> None:
+        """Counts and logs a reload that keeps the running config."""
+        stats = self.reload_stats
+        stats["failures"] += 1
+        stats["last_ok"] = 0
+        stats["last_error"] = "; ".join(problems)
+        self.log.error(event, reason=reason, path=str(self.config_path), problems=problems,
+                       kept="the running config")
 
     async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> None:
         if changes.needs_restart:
