@@ -186,19 +186,6 @@ def validate(target: WriteTarget, metric: str, value: Any) -> Any:
     return raw_value(spec, target.scaling(metric), value)
 
 
-async def write_point(target: WriteTarget, metric: str, value: Any,
-                      request_id: Any = None) -> WriteResult:
-    """Validates, unscales and writes one value; never raises for a bad request."""
-    log = target.log.bind(metric=metric, value=shown(value), request_id=request_id)
-    try:
-        raw = validate(target, metric, value)
-    except WriteRefused as exc:
-        target.writes["refused"] += 1
-        log.warning("write_refused", error=str(exc))
-        return WriteResult(False, str(exc), refused=True)
-    return await _perform(target, log, metric, raw)
-
-
 async def _perform(target: WriteTarget, log: Any, metric: str, raw: Any) -> WriteResult:
     """Hands one validated raw value to the driver, with the outcome logged and counted."""
     if target.status != "connected":
