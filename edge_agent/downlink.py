@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge_agent import logs
+from edge_agent import logs, tasks
 from edge_agent.errors import DeviceError, WriteRefused
 from edge_agent.inbound import Rejected, shown
 from edge_agent.model import PointSpec
@@ -239,7 +239,7 @@ class Downlink:
         if isinstance(outcome, Rejected):
             self._reject(outcome)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(outcome))
+        task = tasks.spawn(self._serve(outcome), "downlink", self.log)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
