@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from edge_agent import __version__
+from edge_agent import __version__, fleet, identity
 from edge_agent import config as config_mod
 from edge_agent.errors import ConfigError
 
@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"then {config_mod.DEFAULT_CONFIG_PATH})")
     run.set_defaults(func=_run)
 
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("file")
+    check = commands.add_parser(
+        "check-config", help="validate a config file or a fleet's config directory")
+    check.add_argument("file", metavar="FILE|DIR")
+    check.add_argument("--node", help="print what this node's agent runs")
     check.set_defaults(func=_check_config)
 
     simulate = commands.add_parser("simulate", help="start device simulators")
@@ -82,16 +84,31 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.runtime import Agent
 
     path = config_mod.resolve_config_path(args.config)
-    config = config_mod.load(path, strict_drivers=False)
+    loaded = fleet.load_node(path)
+    config = loaded.config
     logs.configure(config.log_level, node_name(config.node))
-    agent = Agent(config, config_path=path)
+    agent = Agent(config, config_path=path, config_hash=loaded.hash)
     run_until_signalled(agent.run, on_hangup=agent.request_reload)
     return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = config_mod.load(Path(args.file))
-    print(yaml.safe_dump(config_mod.redacted(config), sort_keys=False), end="")
+    """Checks every node's part of the config; prints the whole fleet, or with --node what
+    that node runs (its devices and the config hash its status will carry)."""
+    path = Path(args.file)
+    checked = fleet.check(path)
+    if args.node is None:
+        if checked.nodes:
+            print(f"# nodes named in this config: {', '.join(checked.nodes)}")
+        data = fleet.printable(checked.shared, checked.devices)
+    else:
+        node = identity.topic_safe(args.node)
+        loaded = fleet.load_node(path, node, strict_drivers=True)
+        names = [device.name for device in loaded.config.devices if device.enabled]
+        print(f"# node {node} runs {len(names)} device(s): {', '.join(names) or '-'}")
+        print(f"# config hash (its status's \"config\"): {loaded.hash}")
+        data = fleet.printable(loaded.config)
+    print(yaml.safe_dump(data, sort_keys=False), end="")
     return 0
 
 
@@ -123,8 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     broker_url = None
     if args.config or config_mod.resolve_config_path(None).exists():
-        configured = config_mod.load(config_mod.resolve_config_path(args.config),
-                                     strict_drivers=False)
+        configured = fleet.load_node(config_mod.resolve_config_path(args.config)).config
         broker_url = configured.mqtt.urls[0]
     run_until_signalled(lambda stop: demo(stop, broker_url, args.duration, args.broker))
     return 0

@@ -144,6 +144,8 @@ class DeviceConfig(BaseModel):
     interval: float = Field(1.0, gt=0, le=86400)
     timeout: float = Field(1.0, gt=0, le=600)
     enabled: bool = True
+    #: glob patterns on the node name; None runs the device on every node (edge_agent.fleet)
+    nodes: list[str] | None = Field(None, min_length=1)
 
 
 class AgentConfig(BaseSettings):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import config as config_mod
-from edge_agent import logs, registry, snapshot
+from edge_agent import fleet, logs, registry, snapshot
 from edge_agent.backoff import Backoff
 from edge_agent.config import AgentConfig, DeviceConfig, PointConfig
 from edge_agent.decode import TYPE_NAMES
@@ -258,11 +258,13 @@ class Agent:
     """
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None,
-                 watch_interval: float | None = None) -> None:
-        self.config = config
+                 watch_interval: float | None = None, config_hash: str | None = None) -> None:
+        self.node = node_name(config.node)
+        self.config = fleet.for_node(config, self.node)
+        #: the node's config hash its status carries (see edge_agent.fleet.config_hash)
+        self.config_hash = config_hash or fleet.config_hash(self.config)
         self.config_path = config_path
         self.watch_interval = watch_interval
-        self.node = node_name(config.node)
         self.topics = JsonTopics(config.mqtt.topic_prefix, self.node)
         self.log = logs.get("edge_agent.agent")
         self.runners: dict[str, DeviceRunner] = {}
