@@ -1,0 +1,162 @@
+"""Node name conflicts: two agents that believe they are the same node.
+
+The MQTT client id is `edge-agent-<node>`, so two agents with one node name (a mislabelled
+node, an agent started by hand next to the pod) take each other's session over, again and
+again, and each one's will overwrites the other's status. Nothing else would say so. The
+signs, from the strongest:
+
+- MQTT 5: the broker ends the older connection with DISCONNECT reason 0x8E, "session taken
+  over". Certain, but MQTT 3.1.1 brokers just close the socket, like any network fault.
+- Every agent writes a random per-process instance id into its retained node status, and
+  subscribes to that topic. The retained message a *re*connecting agent is handed (before
+  its own new status, which it publishes after subscribing) must be its own: its last
+  online status, or its own will. One written by another instance means someone else used
+  this node's topic since this process last announced itself. On the first connection of
+  a process another instance's status is expected: the previous pod's last word.
+- A live (not retained) status from another instance: another agent of this name is
+  connected at the same time (through another broker of a bridge, say).
+
+While in conflict the agent reconnects after a back-off (from CONFLICT_INITIAL_DELAY up to
+`mqtt.reconnect_max`) instead of at once, so two such agents cost the broker a connection
+every few seconds each, not a storm. The conflict clears once the agent has stayed
+connected for twice `mqtt.reconnect_max` (longer than the other agent's longest back-off)
+with no new sign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent import logs
+from edge_agent.backoff import Backoff
+
+#: MQTT 5 reason code of a DISCONNECT sent to a client whose session another one took over
+SESSION_TAKEN_OVER = 0x8E
+#: first reconnect delay while in conflict (capped by mqtt.reconnect_max), in seconds
+CONFLICT_INITIAL_DELAY = 5.0
+
+
+class NodeIdentity:
+    """This process's instance id, and the conflict state of its node name.
+
+    Everything runs on the event loop: the publisher reports sessions starting and ending,
+    and the messages seen on the node's own status topic.
+    """
+
+    def __init__(self, node: str, reconnect_max: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.node = node
+        self.instance = secrets.token_hex(8)
+        self.conflict: str | None = None  # why, while in conflict
+        self.other: str | None = None  # the other agent's instance id, where known
+        self.detected = 0  # times a conflict was (re)detected
+        self._clock = clock
+        self._reconnect_max = reconnect_max
+        self._backoff = Backoff(initial=min(CONFLICT_INITIAL_DELAY, reconnect_max),
+                                maximum=reconnect_max)
+        self._announced_before = False  # an earlier session of this process announced us
+        self._announced = False  # this session's online status is out
+        self._last_sign = float("-inf")
+        self._clear_timer: asyncio.TimerHandle | None = None
+        self.on_change: list[Callable[[], None]] = []  # conflict set or cleared
+        self.log = logs.get("edge_agent.identity", node=node)
+
+    @property
+    def clear_after(self) -> float:
+        return 2 * self._reconnect_max
+
+    # -- what the publisher reports --------------------------------------------------------
+    def session_started(self) -> None:
+        """A connection is up (CONNACK); its subscriptions are on their way."""
+        self._announced_before = self._announced_before or self._announced
+        self._announced = False
+        self._schedule_clear()
+
+    def announced(self) -> None:
+        """This session published the node's online status."""
+        self._announced = True
+
+    def session_ended(self, reason_code: int | None) -> float | None:
+        """A connection that was up ended. Returns the delay before reconnecting while in
+        conflict, None for the usual immediate reconnect."""
+        self._cancel_clear()
+        self._announced_before = self._announced_before or self._announced
+        if reason_code == SESSION_TAKEN_OVER:
+            self._sign(None, "the broker handed this node's MQTT session to another client "
+                             "(MQTT 5 DISCONNECT 0x8E, session taken over)")
+        if self.conflict is None:
+            return None
+        return self._backoff.next()
+
+    def status_seen(self, payload: bytes, retained: bool) -> None:
+        """A message on this node's own status topic."""
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return  # a cleared retained message, or not ours to judge
+        instance = body.get("instance") if isinstance(body, dict) else None
+        if not isinstance(instance, str) or instance == self.instance:
+            return
+        if retained and not self._announced_before:
+            return  # the previous agent's last word, handed to a process on its first connect
+        when = "while this agent was connected" if not retained else \
+            "since this agent's last status"
+        self._sign(instance, f"another agent (instance {instance}) published this node's "
+                             f"status {when} ({body.get('state', '?')})")
+
+    # -- conflict state --------------------------------------------------------------------
+    def payload_fields(self) -> dict[str, Any]:
+        """What the node status carries about the identity."""
+        fields: dict[str, Any] = {"instance": self.instance}
+        if self.conflict is not None:
+            fields["conflict"] = self.conflict
+        return fields
+
+    def _sign(self, other: str | None, why: str) -> None:
+        self._last_sign = self._clock()
+        self.detected += 1
+        if other is not None:
+            self.other = other
+        first = self.conflict is None
+        self.conflict = (f"node name conflict: another agent uses the node name "
+                         f"'{self.node}': {why}")
+        self.log.error("node_name_conflict", instance=self.instance, other=self.other,
+                       evidence=why, action="reconnecting with back-off up to "
+                       f"{self._reconnect_max:g} s; give each agent its own node name "
+                       "(NODE_NAME)")
+        self._schedule_clear()
+        if first:
+            for callback in self.on_change:
+                callback()
+
+    def _schedule_clear(self) -> None:
+        self._cancel_clear()
+        if self.conflict is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._clear_timer = loop.call_later(self.clear_after, self._maybe_clear)
+
+    def _cancel_clear(self) -> None:
+        if self._clear_timer is not None:
+            self._clear_timer.cancel()
+            self._clear_timer = None
+
+    def _maybe_clear(self) -> None:
+        """Connected for `clear_after` seconds without a new sign: the other agent is gone."""
+        self._clear_timer = None
+        if self.conflict is None or self._clock() - self._last_sign < self.clear_after:
+            return
+        self.log.warning("node_name_conflict_cleared", instance=self.instance,
+                         other=self.other, quiet_for=self.clear_after)
+        self.conflict, self.other = None, None
+        self._backoff.reset()
+        for callback in self.on_change:
+            callback()
