@@ -87,6 +87,11 @@ def _run(args: argparse.Namespace) -> int:
     loaded = fleet.load_node(path)
     config = loaded.config
     logs.configure(config.log_level, node_name(config.node))
+    ignored = fleet.ignored_node_files(path)
+    if ignored:
+        logs.get("edge_agent.config").warning(
+            "node_files_ignored", config=str(path), files=[str(p) for p in ignored],
+            hint=f"-c names a file: to run this node's file too, use -c {path.parent}")
     agent = Agent(config, config_path=path, config_hash=loaded.hash)
     run_until_signalled(agent.run, on_hangup=agent.request_reload)
     return 0

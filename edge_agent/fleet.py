@@ -115,6 +115,18 @@ def watched_paths(root: Path, node: str) -> list[Path]:
     return [root / SHARED_FILE, *node_file_paths(root, node)]
 
 
+def ignored_node_files(path: Path) -> list[Path]:
+    """Per-node files beside a config *file*: `-c .../config.yaml` reads none of them (a
+    fleet ConfigMap run with the file's path instead of its directory's)."""
+    if path.is_dir() or path.name != SHARED_FILE:
+        return []
+    root = path.parent
+    found = sorted(root.glob(f"{FLAT_PREFIX}*.yaml"))
+    if (root / NODE_DIR).is_dir():
+        found += sorted((root / NODE_DIR).glob("*.yaml"))
+    return found
+
+
 def read(root: Path, node: str | None = None, *, every_node: bool = False) -> FleetFiles:
     """Reads a config file or directory: the shared file, and of the per-node files either
     `node`'s (the agent), all of them (`every_node`: check-config) or none."""

@@ -192,3 +192,9 @@ def test_an_agent_given_a_fleet_config_keeps_only_its_own_devices(monkeypatch):
     monkeypatch.setenv("NODE_NAME", "line-3-2")
     agent = Agent(config_mod.validate(FLEET))
     assert [d.name for d in agent.config.devices] == ["usb-meter", "everywhere"]
+
+
+def test_node_files_beside_a_config_file_named_by_c_are_reported_as_ignored(tmp_path):
+    root = write_fleet(tmp_path / "fleet", FLEET, {"edge-b": NODE_B}, flat=True)
+    assert fleet.ignored_node_files(root / "config.yaml") == [root / "nodes__edge-b.yaml"]
+    assert fleet.ignored_node_files(root) == []
