@@ -320,13 +320,16 @@ def _validate(data: dict[str, Any], origins: list[tuple[str, int]], shared_label
 
 
 def node_for(files: FleetFiles, environ: dict[str, str] | None = None) -> str:
-    """The node name the agent will use: env NODE_NAME, then config `node` (env overrides
-    included), then the host name (see edge_agent.identity)."""
+    """The node name the agent will use: env NODE_NAME, then config `node` (env
+    EDGE_AGENT_NODE over the file's), then the host name (see edge_agent.identity)."""
     import socket
 
     environ = dict(os.environ) if environ is None else environ
-    configured = config_mod.overlay_env(files.shared.data, environ).get("node")
-    return topic_safe(environ.get("NODE_NAME") or configured or socket.gethostname())
+    override = next((value for name, value in environ.items()
+                     if name.upper() == f"{config_mod.ENV_PREFIX}NODE"), None)
+    configured = override or files.shared.data.get("node")
+    return topic_safe(environ.get("NODE_NAME") or (str(configured) if configured else "")
+                      or socket.gethostname())
 
 
 def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = False,
@@ -335,16 +338,29 @@ def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = Fal
 
     `node` defaults to the agent's own name (NODE_NAME, config `node`, host name).
     """
+    files = read(root)
     if node is None:
-        node = node_for(read(root), environ)
-    files = read(root, node)
+        node = node_for(files, environ)
+    if files.is_directory:
+        files = read(root, node)
     problems = _structure_problems(files)
     if problems:
         raise ConfigError(problems)
     data, origins = _merged(files, node)
     config = _validate(data, origins, files.shared.label, strict_drivers=strict_drivers,
                        environ=environ)
-    return NodeConfig(node, config, origins, config_hash(data))
+    return NodeConfig(node, config, origins, config_hash(_without_patterns(data)))
+
+
+def _without_patterns(data: dict[str, Any]) -> dict[str, Any]:
+    """The node's config without `nodes:`: which *other* nodes run a device does not change
+    what this one runs, so it does not change its hash."""
+    devices = data.get("devices")
+    if not isinstance(devices, list):
+        return data
+    return {**data, "devices": [
+        {key: value for key, value in device.items() if key != "nodes"}
+        if isinstance(device, dict) else device for device in devices]}
 
 
 # -- check-config ------------------------------------------------------------------------

@@ -198,3 +198,25 @@ def test_node_files_beside_a_config_file_named_by_c_are_reported_as_ignored(tmp_
     root = write_fleet(tmp_path / "fleet", FLEET, {"edge-b": NODE_B}, flat=True)
     assert fleet.ignored_node_files(root / "config.yaml") == [root / "nodes__edge-b.yaml"]
     assert fleet.ignored_node_files(root) == []
+
+
+def test_a_hash_changes_with_what_the_node_runs_not_with_where_else_a_device_runs(tmp_path):
+    root = write_fleet(tmp_path / "fleet", FLEET)
+    before = fleet.load_node(root, "edge-a").hash
+    wider = shared(modbus("gw-1", "tcp://192.0.2.10:502", nodes=["edge-a", "edge-x"]),
+                   *FLEET["devices"][1:])
+    write_fleet(root, wider)
+    assert fleet.load_node(root, "edge-a").hash == before
+    changed = shared(modbus("gw-1", "tcp://192.0.2.10:502", 7, nodes=["edge-a"]),
+                     *FLEET["devices"][1:])
+    write_fleet(root, changed)
+    assert fleet.load_node(root, "edge-a").hash != before
+
+
+def test_the_node_name_env_override_of_node_is_honoured_without_reading_device_overrides(
+        tmp_path):
+    root = write_fleet(tmp_path / "fleet", FLEET, {"edge-b": NODE_B})
+    environ = {"EDGE_AGENT_NODE": "edge-b", "EDGE_AGENT_DEVICES__1__UNIT": "6"}
+    loaded = fleet.load_node(root, environ=environ)
+    assert loaded.node == "edge-b"
+    assert loaded.config.devices[1].name == "local-b" and loaded.config.devices[1].unit == 6
