@@ -157,6 +157,9 @@ class DeviceRunner:
                 try:
                     await asyncio.wait_for(driver.connect(), self.config.timeout * 5)
                     backoff.reset()
+                    if driver.learns_points:  # its metrics are known only now
+                        self.points = point_specs(driver, self.config)
+                        self.normalizer = Normalizer(list(self.points.values()))
                     self.normalizer.reset()  # report every point afresh after a reconnect
                     self.log.info("device_connected")
                     self.set_status("connected")

@@ -10,6 +10,7 @@ from edge_agent.decode import register_count
 from edge_agent_simulators.can.slcan import start_slcan
 from edge_agent_simulators.iec62056 import start_iec62056
 from edge_agent_simulators.line import start_csv_sensor, start_scale
+from edge_agent_simulators.mbus import start_mbus
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
 from edge_agent_simulators.spec import DeviceSpec, SimSpec
@@ -116,6 +117,7 @@ STARTERS: dict[str, Starter] = {
     "usb": start_usb,
     "iec62056": start_iec62056,
     "slcan": start_slcan,
+    "mbus": start_mbus,
 }
 
 
