@@ -48,44 +48,51 @@ class NodeIdentity:
     and the messages seen on the node's own status topic.
     """
 
-    def __init__(self, node: str, reconnect_max: float,
+    def __init__(self, node: str, reconnect_max: float, config_hash: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.node = node
         self.instance = secrets.token_hex(8)
+        self.config_hash = config_hash  # of the config this agent runs (edge_agent.fleet)
         self.conflict: str | None = None  # why, while in conflict
         self.other: str | None = None  # the other agent's instance id, where known
-        self.detected = 0  # times a conflict was (re)detected
+        self.detected = 0  # signs of a conflict seen
         self._clock = clock
-        self._reconnect_max = reconnect_max
-        self._backoff = Backoff(initial=min(CONFLICT_INITIAL_DELAY, reconnect_max),
-                                maximum=reconnect_max)
-        self._announced_before = False  # an earlier session of this process announced us
-        self._announced = False  # this session's online status is out
+        self._brokers_seen: set[str] = set()  # where an earlier connection announced us
+        self._first_here = True  # this connection is this process's first to its broker
+        self._connected = False
         self._last_sign = float("-inf")
         self._clear_timer: asyncio.TimerHandle | None = None
         self.on_change: list[Callable[[], None]] = []  # conflict set or cleared
+        self.configure(node, reconnect_max)
+
+    def configure(self, node: str, reconnect_max: float) -> None:
+        """(Re)applies the node name and the reconnect ceiling (a reload may change them;
+        the instance id stays: it is the process's)."""
+        self.node = node
+        self._reconnect_max = reconnect_max
+        self._backoff = Backoff(initial=min(CONFLICT_INITIAL_DELAY, reconnect_max),
+                                maximum=reconnect_max)
         self.log = logs.get("edge_agent.identity", node=node)
 
     @property
     def clear_after(self) -> float:
         return 2 * self._reconnect_max
 
-    # -- what the publisher reports --------------------------------------------------------
-    def session_started(self) -> None:
-        """A connection is up (CONNACK); its subscriptions are on their way."""
-        self._announced_before = self._announced_before or self._announced
-        self._announced = False
+    # -- what the publisher reports (edge_agent.transport.base.SessionWatch) ---------------
+    def session_started(self, url: str) -> None:
+        """A connection is up. The retained status it is about to be handed is judged by
+        whether an earlier connection of this process to this broker announced this agent
+        (every connection announces it at once); per broker, because after a failover the
+        other broker may still hold the previous pod's last word."""
+        self._first_here = url not in self._brokers_seen
+        self._brokers_seen.add(url)
+        self._connected = True
         self._schedule_clear()
-
-    def announced(self) -> None:
-        """This session published the node's online status."""
-        self._announced = True
 
     def session_ended(self, reason_code: int | None) -> float | None:
         """A connection that was up ended. Returns the delay before reconnecting while in
         conflict, None for the usual immediate reconnect."""
+        self._connected = False
         self._cancel_clear()
-        self._announced_before = self._announced_before or self._announced
         if reason_code == SESSION_TAKEN_OVER:
             self._sign(None, "the broker handed this node's MQTT session to another client "
                              "(MQTT 5 DISCONNECT 0x8E, session taken over)")
@@ -102,17 +109,18 @@ class NodeIdentity:
         instance = body.get("instance") if isinstance(body, dict) else None
         if not isinstance(instance, str) or instance == self.instance:
             return
-        if retained and not self._announced_before:
+        if retained and self._first_here:
             return  # the previous agent's last word, handed to a process on its first connect
         when = "while this agent was connected" if not retained else \
             "since this agent's last status"
+        state = f" ({body['state']})" if isinstance(body.get("state"), str) else ""
         self._sign(instance, f"another agent (instance {instance}) published this node's "
-                             f"status {when} ({body.get('state', '?')})")
+                             f"status {when}{state}")
 
     # -- conflict state --------------------------------------------------------------------
-    def payload_fields(self) -> dict[str, Any]:
-        """What the node status carries about the identity."""
-        fields: dict[str, Any] = {"instance": self.instance}
+    def status_fields(self) -> dict[str, Any]:
+        """What the node status carries besides its state, version and devices."""
+        fields: dict[str, Any] = {"config": self.config_hash, "instance": self.instance}
         if self.conflict is not None:
             fields["conflict"] = self.conflict
         return fields
@@ -125,18 +133,23 @@ class NodeIdentity:
         first = self.conflict is None
         self.conflict = (f"node name conflict: another agent uses the node name "
                          f"'{self.node}': {why}")
-        self.log.error("node_name_conflict", instance=self.instance, other=self.other,
-                       evidence=why, action="reconnecting with back-off up to "
-                       f"{self._reconnect_max:g} s; give each agent its own node name "
-                       "(NODE_NAME)")
+        if first:
+            self.log.error("node_name_conflict", instance=self.instance, other=self.other,
+                           evidence=why, action="reconnecting with back-off up to "
+                           f"{self._reconnect_max:g} s; give each agent its own node name "
+                           "(NODE_NAME)")
+        else:  # once per reconnect at most, which the back-off keeps to every few seconds
+            self.log.warning("node_name_conflict_continues", instance=self.instance,
+                             other=self.other, evidence=why, signs=self.detected)
         self._schedule_clear()
         if first:
             for callback in self.on_change:
                 callback()
 
     def _schedule_clear(self) -> None:
+        """Only while connected: an agent that cannot reach the broker cannot tell."""
         self._cancel_clear()
-        if self.conflict is None:
+        if self.conflict is None or not self._connected:
             return
         try:
             loop = asyncio.get_running_loop()

@@ -18,9 +18,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from edge_agent import config as config_mod
 from edge_agent import fleet, logs, outputs
 from edge_agent.config import AgentConfig
+from edge_agent.conflict import NodeIdentity
 from edge_agent.delivery import Delivery
 from edge_agent.downlink import Downlink
 from edge_agent.errors import ConfigError
@@ -55,10 +55,12 @@ class Agent:
                  watch_interval: float | None = None, config_hash: str | None = None) -> None:
         self.node = node_name(config.node)
         self.config = fleet.for_node(config, self.node)
-        #: the node's config hash its status carries (see edge_agent.fleet.config_hash)
-        self.config_hash = config_hash or fleet.config_hash(self.config)
         self.config_path = config_path
         self.watch_interval = watch_interval
+        #: this process as a node of a fleet: instance id, config hash, name conflicts
+        self.identity = NodeIdentity(self.node, config.mqtt.reconnect_max,
+                                     config_hash or fleet.config_hash(self.config))
+        self.identity.on_change.append(self._node_changed)
         self.log = logs.get("edge_agent.agent")
         self.metrics = AgentMetrics(self._snapshot_from_thread)
         self.supervisor = Supervisor(
@@ -91,11 +93,17 @@ class Agent:
     def _start_output(self) -> None:
         """Chooses the output of `mqtt.format` and connects it (the only place that asks)."""
         delivery = self.delivery
-        output = outputs.create(self.config, self.node, self.supervisor, delivery)
+        output = outputs.create(self.config, self.node, self.supervisor, delivery,
+                                self.identity)
         self.output = output
         self.downlink = Downlink(output, self.supervisor.view)
         delivery.start(self.config.mqtt, client_id(self.node), output,
-                       self.downlink.on_message)
+                       self.downlink.on_message, watch=self.identity)
+
+    def _node_changed(self) -> None:
+        """The node status's content changed (devices, config, a conflict): say so."""
+        if self.output is not None:
+            self.output.node_changed()
 
     async def _stop_output(self) -> None:
         if self.downlink is not None:
@@ -110,7 +118,7 @@ class Agent:
         return snapshot.take(node=self.node, broker_urls=self.config.mqtt.urls,
                              durable=self.config.buffer.path is not None,
                              delivery=self.delivery, devices=self.supervisor.views(),
-                             reload=self.reload_stats)
+                             reload=self.reload_stats, identity=self.identity)
 
     def _snapshot_from_thread(self) -> dict[str, Any] | None:
         return snapshot.call_in_loop(self._loop, self.snapshot, SNAPSHOT_TIMEOUT)
@@ -158,7 +166,7 @@ class Agent:
             stats["attempts"] += 1
             stats["last_ts"] = time.time()
             try:
-                new = config_mod.load(self.config_path, strict_drivers=False)
+                loaded = fleet.load_node(self.config_path)
             except ConfigError as exc:
                 stats["failures"] += 1
                 stats["last_ok"] = 0
@@ -166,9 +174,13 @@ class Agent:
                 self.log.error("config_reload_failed", reason=reason, path=str(self.config_path),
                                problems=exc.problems, kept="the running config")
                 return False
+            new = loaded.config
             changes = plan(self.config, new)
-            self.log.info("config_reloaded", reason=reason, **changes.summary())
+            self.log.info("config_reloaded", reason=reason, config=loaded.hash,
+                          **changes.summary())
+            self.identity.config_hash = loaded.hash
             await self._apply(new, changes)
+            self._node_changed()
             stats["last_ok"] = 1
             stats["last_error"] = None
             return True
@@ -187,6 +199,7 @@ class Agent:
         if changes.mqtt:
             await self._stop_output()
             self.node = node_name(new.node)
+            self.identity.configure(self.node, new.mqtt.reconnect_max)
             self._start_output()
         devices = {d.name: d for d in new.devices}
         for name in changes.restart + changes.start:
@@ -218,7 +231,8 @@ class Agent:
         udev = UdevMonitor(supervisor.on_port_added)
         udev.start()
         if self.config_path is not None:
-            watcher = ConfigWatcher(self.config_path, lambda: self.reload("file changed"),
+            watcher = ConfigWatcher(lambda: fleet.watched_paths(self.config_path, self.node),
+                                    lambda: self.reload("file changed"),
                                     self.watch_interval or WATCH_INTERVAL)
             self._spawn(watcher.run())
         await stop.wait()

@@ -20,7 +20,8 @@ from tests.helpers import SimulatorThread, Subscriber, run_cli, wait_until
 from tests.inprocess import http_get, scrape
 
 NODES = ("edge-a", "edge-b", "edge-c")
-REGISTER = {"name": "level", "address": 0, "type": "uint16", "value": 7}
+REGISTER = {"name": "level", "address": 0, "type": "uint16",
+            "value": {"counter": {"start": 0, "rate": 100}}}  # changes at every poll
 SIM_SPEC = {"devices": [
     {"name": "gateway", "kind": "modbus-tcp", "units": [
         {"unit": unit, "registers": [REGISTER]} for unit in (1, 2, 3)]},
@@ -204,19 +205,22 @@ def test_a_reload_moves_a_device_from_one_node_to_another(
     assert a.stop() == 0 and b.stop() == 0
 
 
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize(("protocol", "wire"), [("3.1.1", "json"), ("5", "json"),
+                                               ("3.1.1", "sparkplug")])
 def test_two_agents_with_one_node_name_report_the_conflict_and_back_off(
-        protocol, mosquitto, fleet_sims, start_agent, tmp_path):
-    files = fleet_files(fleet_sims, mosquitto.url, protocol=protocol, reconnect_max=4)
+        protocol, wire, mosquitto, fleet_sims, start_agent, tmp_path):
+    files = fleet_files(fleet_sims, mosquitto.url, protocol=protocol, reconnect_max=4,
+                        format=wire)
+    # every connection announces the agent: its status (json) or its claim (sparkplug)
+    announcements = "edge/edge-a/status" if wire == "json" else "edge/edge-a/instance"
     root = tmp_path / "fleet"
     root.mkdir()
     for key, content in files.items():
         (root / key).write_text(yaml.safe_dump(content))
-    status = Subscriber(mosquitto.port, "edge/edge-a/status")
+    status = Subscriber(mosquitto.port, announcements)
     try:
         first = start_node(start_agent, root, "edge-a", name="first")
-        wait_until(lambda: any(s["state"] == "online" for s in node_status(status, "edge-a")),
-                   what="the first agent online")
+        wait_until(lambda: online_announcements(status), what="the first agent online")
         second = start_node(start_agent, root, "edge-a", name="second")
 
         def conflict_logged(agent: Any) -> bool:
@@ -242,14 +246,19 @@ def test_two_agents_with_one_node_name_report_the_conflict_and_back_off(
                    or time.monotonic() >= deadline, timeout=10, interval=0.1,
                    what="the observation window")
         assert len(online_announcements(status)) - before <= 10
-        assert any(s.get("conflict") for s in node_status(status, "edge-a"))
+        assert any(s.get("conflict") for s in announced(status))
     finally:
         status.close()
 
 
+def announced(subscriber: Subscriber) -> list[dict[str, Any]]:
+    return [json.loads(p) for _, p, _, _ in list(subscriber.messages) if p]
+
+
 def online_announcements(subscriber: Subscriber) -> list[dict[str, Any]]:
-    """One per connection: an agent announces itself online on every connect."""
-    return [s for s in node_status(subscriber, "edge-a") if s["state"] == "online"]
+    """One per connection: an agent announces itself on every connect (its online status,
+    or in Sparkplug its retained instance claim)."""
+    return [s for s in announced(subscriber) if s.get("state", "online") == "online"]
 
 
 def test_run_with_a_broken_file_of_its_own_node_exits_2_naming_it(tmp_path):
@@ -261,3 +270,54 @@ def test_run_with_a_broken_file_of_its_own_node_exits_2_naming_it(tmp_path):
     assert done.returncode == 2
     assert "nodes/edge-a.yaml: line" in done.stderr and "invalid YAML" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def sparkplug_messages(subscriber: Subscriber, node: str) -> list[tuple[str, str | None, dict]]:
+    """(verb, device, decoded payload) of one edge node, in the order received."""
+    from tests.test_sparkplug_decoder import decode
+
+    out = []
+    for topic, payload, _, _ in list(subscriber.messages):
+        parts = topic.split("/")
+        if len(parts) >= 4 and parts[0] == "spBv1.0" and parts[3] == node:
+            out.append((parts[2], parts[4] if len(parts) > 4 else None, decode(payload)))
+    return out
+
+
+def test_sparkplug_a_moved_device_dies_on_one_node_and_is_born_on_the_other(
+        mosquitto, fleet_sims, start_agent, tmp_path):
+    from tests.test_sparkplug_end_to_end import check_session_rules
+
+    files = fleet_files(fleet_sims, mosquitto.url, format="sparkplug",
+                        sparkplug={"group_id": "plant"})
+    root = tmp_path / "fleet"
+    root.mkdir()
+    for key, content in files.items():
+        (root / key).write_text(yaml.safe_dump(content))
+    sub = Subscriber(mosquitto.port, "spBv1.0/#")
+    try:
+        a = start_node(start_agent, root, "edge-a")
+        b = start_node(start_agent, root, "edge-b")
+
+        def of(node: str, verb: str, device: str | None = None) -> list[dict]:
+            return [p for v, d, p in sparkplug_messages(sub, node)
+                    if v == verb and (device is None or d == device)]
+
+        wait_until(lambda: len(of("edge-a", "DDATA", "gw-a")) >= 3, what="gw-a on edge-a")
+        files["config.yaml"]["devices"][0]["nodes"] = ["edge-b"]
+        (root / "config.yaml").write_text(yaml.safe_dump(files["config.yaml"]))
+        a.process.send_signal(signal.SIGHUP)
+        b.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: of("edge-a", "DDEATH", "gw-a"), what="DDEATH of gw-a on edge-a")
+        wait_until(lambda: of("edge-b", "DBIRTH", "gw-a") and
+                   len(of("edge-b", "DDATA", "gw-a")) >= 3, what="gw-a born on edge-b")
+        count = len(of("edge-a", "DDATA", "everywhere"))
+        wait_until(lambda: len(of("edge-a", "DDATA", "everywhere")) >= count + 3,
+                   what="edge-a's other device going on")
+        # no NBIRTH again: the node's seq went on across the move, for every device
+        assert len(of("edge-a", "NBIRTH")) == 1 and len(of("edge-b", "NBIRTH")) == 1
+        check_session_rules(sparkplug_messages(sub, "edge-a"))
+        check_session_rules(sparkplug_messages(sub, "edge-b"))
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        sub.close()

@@ -19,4 +19,7 @@ def problems(snap: dict[str, Any] | None) -> list[str]:
         found.append("not connected to the broker" + (f": {error}" if error else ""))
     if snap["buffer"]["degraded"]:
         found.append(f"the buffer is not writable: {snap['buffer']['degraded']}")
+    conflict = snap.get("identity", {}).get("conflict")
+    if conflict:
+        found.append(conflict)
     return found
