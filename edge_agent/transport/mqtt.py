@@ -175,7 +175,8 @@ class MqttPublisher:
     def _on_disconnect(self, client, session, flags, reason_code, properties) -> None:
         if getattr(reason_code, "is_failure", False) and session.problem is None:
             session.problem = f"broker disconnected: {reason_code}"
-        if self.config.protocol == "5":  # 3.1.1 has no DISCONNECT from the broker
+        if self.config.protocol == "5" and session.reason_code is None:
+            # the broker's DISCONNECT reason (3.1.1 has none); the first report is that packet
             session.reason_code = getattr(reason_code, "value", None)
         self._call_soon(self._end, session)
 
