@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from edge_agent import fleet
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 from tests.helpers import SimulatorThread, Subscriber, run_cli, wait_until
 from tests.inprocess import http_get, scrape
 

@@ -21,8 +21,13 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    ProtocolError,
+    resolve_port,
+)
 from edge_agent_drivers.modbus.config import ModbusDevice
 
 _FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
@@ -111,8 +116,9 @@ class Bus:
     def detach(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            if self._open.get(self._registered) is self:
-                del self._open[self._registered]
+            key = self._registered
+            if key is not None and self._open.get(key) is self:
+                del self._open[key]
             self.client.close()
 
     @property

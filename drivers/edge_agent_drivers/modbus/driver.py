@@ -21,11 +21,18 @@ import contextlib
 import struct
 from typing import Any
 
-from edge_agent import logs
-from edge_agent.decode import encode_value
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    Driver,
+    ProtocolError,
+    Reading,
+    Sample,
+    WriteRefused,
+    encode_value,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
@@ -52,11 +59,7 @@ class ModbusDriver(Driver):
         self._bus: Bus | None = None
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
-        self.log = logs.get("edge_agent.modbus", device=config.name)
-
-    def points(self) -> list[PointSpec]:
-        return [PointSpec(p.name, p.unit, p.scale, p.offset, p.writable, p.min, p.max)
-                for p in self.config.points]
+        self.log = get_logger("edge_agent.modbus", device=config.name)
 
     async def connect(self) -> None:
         """Opens (or joins) the port's bus, then checks that this unit answers.
