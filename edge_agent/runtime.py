@@ -230,8 +230,8 @@ class Agent:
         await self._start_http()
         udev = UdevMonitor(supervisor.on_port_added)
         udev.start()
-        if self.config_path is not None:
-            watcher = ConfigWatcher(lambda: fleet.watched_paths(self.config_path, self.node),
+        if (config_path := self.config_path) is not None:
+            watcher = ConfigWatcher(lambda: fleet.watched_paths(config_path, self.node),
                                     lambda: self.reload("file changed"),
                                     self.watch_interval or WATCH_INTERVAL)
             self._spawn(watcher.run())

@@ -379,7 +379,7 @@ class SparkplugSession:
         """DCMD writes become a request; STATE and NCMD (Rebirth) are handled here."""
         if topic == self._state_topic:  # retained by design: the flag is not looked at
             self._on_state(payload)
-        elif topic == self._claim_topic:
+        elif topic == self._claim_topic and self.facts is not None:
             self.facts.status_seen(payload, retained)
         elif topic == self._ncmd:
             self._on_ncmd(payload)
