@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from edge_agent import registry
+from edge_agent import profiles, registry
 from edge_agent.device_config import (  # noqa: F401  (the device models, also named here)
     NAME_PATTERN,
     DeviceConfig,
@@ -117,6 +117,7 @@ class AgentConfig(BaseSettings):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    profiles_dir: Path | None = None  # the user's device profiles (docs/profiles.md)
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @classmethod
@@ -233,6 +234,10 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     its devices are kept with only the core keys checked, and the runtime disables them.
     """
     data = overlay_env(data, dict(os.environ) if environ is None else environ)
+    entries = data.get("devices")
+    data, profile_problems = profiles.resolve(data)
+    if profile_problems:
+        raise ConfigError(profile_problems)
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:
@@ -252,7 +257,10 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
             typed.append(driver_cls.config_model.model_validate(
                 device.model_dump(exclude_unset=True)))
         except ValidationError as exc:
-            problems.extend(format_problems(exc, where))
+            lines = format_problems(exc, where)
+            if device.profile is not None:  # number points as the user's file does
+                lines = profiles.relocate(lines, entries[index], data["devices"][index])
+            problems.extend(lines)
     problems.extend(_port_conflicts(typed))
     if problems:
         raise ConfigError(problems)

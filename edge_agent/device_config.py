@@ -102,6 +102,10 @@ class DeviceConfig(BaseModel):
     enabled: bool = True
     #: glob patterns on the node name; None runs the device on every node (edge_agent.fleet)
     nodes: list[str] | None = Field(None, min_length=1)
+    # a device profile supplying points and settings (edge_agent/profiles.py); kept after
+    # resolution so the resolved config says where its points came from
+    profile: str | None = None
+    points_only: list[str] | None = None  # the subset of the profile's points to read
 
     def point_configs(self) -> Sequence[PointModel]:
         """The device's configured points. A driver whose config lists points (under any key)

@@ -187,5 +187,7 @@ def _what(method: Any, address: int, kwargs: dict[str, Any]) -> str:
 
 
 def _describe(settings: tuple[object, ...]) -> str:
+    if len(settings) == 1:  # TCP: the framing is all that must agree
+        return f"{settings[0]} framing"
     framing, baudrate, parity, stopbits, bytesize = settings
     return f"{framing} {baudrate} {bytesize}{parity}{stopbits}"
