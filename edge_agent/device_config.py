@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge_agent.model import PointSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MAX_NAME = 128  # device and point names are topic levels: bounded, as every topic is
 
 
 class Strict(BaseModel):
@@ -32,7 +33,7 @@ class Strict(BaseModel):
 class PointModel(Strict):
     """The contract of a configured point: a name, and the PointSpec the core normalises by."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
 
     @abstractmethod
     def to_spec(self) -> PointSpec:
@@ -94,7 +95,7 @@ class DeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     port: str | None = None
     interval: float = Field(1.0, gt=0, le=86400)

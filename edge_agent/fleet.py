@@ -32,7 +32,7 @@ from typing import Any
 from edge_agent import config as config_mod
 from edge_agent.config import AgentConfig, DeviceConfig
 from edge_agent.errors import ConfigError
-from edge_agent.identity import topic_safe
+from edge_agent.identity import check_node_name, topic_safe
 
 SHARED_FILE = "config.yaml"
 NODE_DIR = "nodes"
@@ -289,7 +289,9 @@ def _merged(files: FleetFiles, node: str | None) -> tuple[dict[str, Any], list[t
         for index, device in _devices(own):
             devices.append(device)
             origins.append((own.label, index))
-    if devices or "devices" in files.shared.data:
+    # an explicit `devices:` (in the shared file or the node's) is what tells a reload that
+    # a node left with no device means it (edge_agent.config_source.reload_refusal)
+    if devices or "devices" in files.shared.data or (own is not None and "devices" in own.data):
         data["devices"] = devices
     return data, origins
 
@@ -321,15 +323,20 @@ def _validate(data: dict[str, Any], origins: list[tuple[str, int]], shared_label
 
 def node_for(files: FleetFiles, environ: dict[str, str] | None = None) -> str:
     """The node name the agent will use: env NODE_NAME, then config `node` (env
-    EDGE_AGENT_NODE over the file's), then the host name (see edge_agent.identity)."""
+    EDGE_AGENT_NODE over the file's), then the host name, checked and made a topic level as
+    `edge_agent.identity` does."""
     import socket
 
     environ = dict(os.environ) if environ is None else environ
     override = next((value for name, value in environ.items()
                      if name.upper() == f"{config_mod.ENV_PREFIX}NODE"), None)
     configured = override or files.shared.data.get("node")
-    return topic_safe(environ.get("NODE_NAME") or (str(configured) if configured else "")
-                      or socket.gethostname())
+    name = (environ.get("NODE_NAME") or (str(configured) if configured else "")
+            or socket.gethostname())
+    try:
+        return topic_safe(check_node_name(name))
+    except ValueError as exc:
+        raise ConfigError([f"node name: {exc}"]) from None
 
 
 def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = False,

@@ -358,7 +358,8 @@ def relocate(problems: list[str], entry: dict[str, Any], merged: dict[str, Any])
         position = int(match.group(3))
         item = merged_items[position] if position < len(merged_items) else None
         name = item.get("name") if isinstance(item, dict) else None
-        own = entry.get(key) if isinstance(entry.get(key), list) else []
+        given = entry.get(key) if key else None
+        own = given if isinstance(given, list) else []
         mine = [i for i, p in enumerate(own) if isinstance(p, dict) and p.get("name") == name]
         if mine:
             path = f"{match.group(1)}{key}[{mine[0]}]"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import logs
 from edge_agent.config import AgentConfig
 from edge_agent.identity import node_name
 
@@ -47,6 +48,7 @@ class ConfigWatcher:
                  interval: float = WATCH_INTERVAL) -> None:
         self.paths = paths if callable(paths) else (lambda: [paths])
         self.on_change, self.interval = on_change, interval
+        self.log = logs.get("edge_agent.reload")
 
     def signature(self) -> tuple[Any, ...] | None:
         paths = self.paths()
@@ -62,7 +64,10 @@ class ConfigWatcher:
             current = self.signature()
             if current is not None and current != last:
                 last = current
-                await self.on_change()
+                try:
+                    await self.on_change()
+                except Exception as exc:  # the watcher outlives any one bad change
+                    self.log.error("config_watch_failed", error=repr(exc)[:500])
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edge_agent import fleet, logs, outputs
+from edge_agent import config_source, fleet, logs, outputs
 from edge_agent.config import AgentConfig
 from edge_agent.conflict import NodeIdentity
 from edge_agent.delivery import Delivery
@@ -97,7 +97,7 @@ class Agent:
                                 self.identity)
         self.output = output
         self.downlink = Downlink(output, self.supervisor.view)
-        delivery.start(self.config.mqtt, client_id(self.node), output,
+        delivery.start(self.config.mqtt, client_id(self.config.node), output,
                        self.downlink.on_message, watch=self.identity)
 
     def _node_changed(self) -> None:
@@ -165,16 +165,20 @@ class Agent:
             stats = self.reload_stats
             stats["attempts"] += 1
             stats["last_ts"] = time.time()
-            try:
-                loaded = fleet.load_node(self.config_path)
+            try:  # in a thread: a big file or a refused bomb must not stall the loop
+                # (a fleet directory: the shared file and this node's, see edge_agent.fleet)
+                loaded = await asyncio.to_thread(fleet.load_node, self.config_path)
             except ConfigError as exc:
-                stats["failures"] += 1
-                stats["last_ok"] = 0
-                stats["last_error"] = "; ".join(exc.problems)
-                self.log.error("config_reload_failed", reason=reason, path=str(self.config_path),
-                               problems=exc.problems, kept="the running config")
+                self._reload_refused(reason, "config_reload_failed", exc.problems)
+                return False
+            except Exception as exc:  # a third-party driver's validator: still not fatal
+                self._reload_refused(reason, "config_reload_failed", [repr(exc)[:500]])
                 return False
             new = loaded.config
+            refusal = config_source.reload_refusal(self.config, new)
+            if refusal is not None:
+                self._reload_refused(reason, "config_reload_refused", [refusal])
+                return False
             changes = plan(self.config, new)
             self.log.info("config_reloaded", reason=reason, config=loaded.hash,
                           **changes.summary())
@@ -184,6 +188,15 @@ class Agent:
             stats["last_ok"] = 1
             stats["last_error"] = None
             return True
+
+    def _reload_refused(self, reason: str, event: str, problems: list[str]) -> None:
+        """Counts and logs a reload that keeps the running config."""
+        stats = self.reload_stats
+        stats["failures"] += 1
+        stats["last_ok"] = 0
+        stats["last_error"] = "; ".join(problems)
+        self.log.error(event, reason=reason, path=str(self.config_path), problems=problems,
+                       kept="the running config")
 
     async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> None:
         if changes.needs_restart:

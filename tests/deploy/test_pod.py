@@ -441,9 +441,11 @@ def test_daemonset_pod_runs_the_agent_and_keeps_buffered_readings_across_a_resta
             assert check.returncode == 0, check.stdout + check.stderr
 
             # 2. Broker outage: readiness drops, readings go to the buffer on the hostPath.
-            seen_before = max(m["seq"] for m in subscriber.json_on(telemetry))
             outage_ms = time.time() * 1000
             broker.stop()
+            # Counted once the broker is gone: a message published just before the stop may
+            # still have reached this subscriber (and been acknowledged, so never replayed).
+            seen_before = max(m["seq"] for m in subscriber.json_on(telemetry))
             wait_until(lambda: http_status(f"http://{HOST_IP}:7070/readyz") == 503, 30,
                        "/readyz 503 while the broker is down", interval=0.2)
             wait_until(lambda: metric("edge_agent_buffer_messages") >= 5, 30,

@@ -2,6 +2,10 @@
 
 Each point is compiled once into a small decoder, so a poll costs one struct call per point
 on one bytes object, with no per-register objects.
+
+A response is device input: `decode` never raises. A point whose registers (or bits) the
+response does not hold, or holds as something other than 16-bit words, is bad; whether a
+response of the wrong length is a protocol error is the bus's to judge and count.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ class BlockDecoder:
         if block.is_bits:
             self._bits = [(p.name, p.address - block.address) for _, p in block.points]
         else:
-            self._words = [(p.name, _compile(p, (p.address - block.address) * 2))
-                           for _, p in block.points]
+            self._words = [(p.name, _compile(p, (p.address - block.address) * 2),
+                            p.address - block.address + p.registers) for _, p in block.points]
             # The common meter/PLC map is all 16-bit registers: those need no byte packing,
             # one list index (and a sign fold for int16) per point.
             self._plain = None
@@ -51,17 +55,25 @@ class BlockDecoder:
         self._pack = struct.Struct(f">{block.count}H").pack
 
     def decode(self, values: Sequence[Any]) -> list[Reading]:
+        count = self.block.count
         if self.block.is_bits:
-            return [Reading(name, bool(values[i]), GOOD) for name, i in self._bits]
-        if self._plain is not None and len(values) >= self.block.count:
-            return [Reading(name, v - 65536 if signed and v >= 32768 else v, GOOD)
-                    for name, i, signed in self._plain for v in (values[i] & 0xFFFF,)]
-        data = self._pack(*values[: self.block.count])
+            held = len(values)
+            return [Reading(name, bool(values[i]), GOOD) if i < held else Reading(name, None, BAD)
+                    for name, i in self._bits]
+        try:
+            if self._plain is not None and len(values) >= count:
+                return [Reading(name, v - 65536 if signed and v >= 32768 else v, GOOD)
+                        for name, i, signed in self._plain for v in (values[i] & 0xFFFF,)]
+            held = min(len(values), count)
+            data = (self._pack if held == count else struct.Struct(f">{held}H").pack)(
+                *values[:held])
+        except (struct.error, TypeError):  # not 16-bit words: nothing in it can be trusted
+            return self.failed()
         out = []
-        for name, decoder in self._words:
+        for name, decoder, end in self._words:
             try:
-                value = decoder(data)
-            except (struct.error, UnicodeDecodeError, ValueError):
+                value = decoder(data) if end <= held else None
+            except (struct.error, UnicodeDecodeError, ValueError, IndexError):
                 value = None
             out.append(Reading(name, value, GOOD if value is not None else BAD))
         return out
