@@ -331,12 +331,16 @@ def node_for(files: FleetFiles, environ: dict[str, str] | None = None) -> str:
     override = next((value for name, value in environ.items()
                      if name.upper() == f"{config_mod.ENV_PREFIX}NODE"), None)
     configured = override or files.shared.data.get("node")
-    name = (environ.get("NODE_NAME") or (str(configured) if configured else "")
-            or socket.gethostname())
+    if environ.get("NODE_NAME"):
+        name, source = environ["NODE_NAME"], "NODE_NAME"
+    elif configured:
+        name, source = str(configured), "node"
+    else:
+        name, source = socket.gethostname(), "the host name"
     try:
         return topic_safe(check_node_name(name))
-    except ValueError as exc:
-        raise ConfigError([f"node name: {exc}"]) from None
+    except ValueError as exc:  # named by its source, as edge_agent.identity does
+        raise ConfigError([f"{source}: {exc}"]) from None
 
 
 def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = False,
