@@ -571,7 +571,11 @@ def node_name(rng: random.Random) -> tuple[Generate, Check]:
             identity.check_node_name(name)
         except ValueError:
             return 0
-        safe = identity.topic_safe(name)
+        level = identity.topic_safe(name)  # the topic level: the contract's `_`
+        if identity.text_problem(level, identity.MAX_NODE_BYTES) is not None or (
+                set(level) & set("/+#")):
+            raise Garbage(f"{name!r} became the topic level {level!r}")
+        safe = identity.injective_safe(name)  # the client id's form: never shared
         if (identity.text_problem(safe, 2 * identity.MAX_NODE_BYTES + 1) is not None
                 or set(safe) & set("/+#")):
             raise Garbage(f"{name!r} became {safe!r}")
