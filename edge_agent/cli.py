@@ -180,7 +180,8 @@ def _run(args: argparse.Namespace) -> int:
         logs.get("edge_agent.config").warning(
             "node_files_ignored", config=str(path), files=[str(p) for p in ignored],
             hint=f"-c names a file: to run this node's file too, use -c {path.parent}")
-    agent = Agent(config, config_path=path, config_hash=loaded.hash)
+    agent = Agent(config, config_path=path, config_hash=loaded.hash,
+                  config_signature=loaded.signature)
     run_until_signalled(agent.run, on_hangup=agent.request_reload)
     return 0
 

@@ -33,6 +33,7 @@ from edge_agent import config as config_mod
 from edge_agent.config import AgentConfig, DeviceConfig
 from edge_agent.errors import ConfigError
 from edge_agent.identity import check_node_name, topic_safe
+from edge_agent.reload import paths_signature
 
 SHARED_FILE = "config.yaml"
 NODE_DIR = "nodes"
@@ -74,6 +75,9 @@ class NodeConfig:
     config: AgentConfig
     origins: list[tuple[str, int]]  # per device: (file label, index in that file)
     hash: str
+    #: the files' signature taken before they were read: the config watcher's baseline, so
+    #: a change between loading and watching is not missed (edge_agent.reload)
+    signature: tuple[Any, ...] | None = None
 
 
 # -- matching ----------------------------------------------------------------------------
@@ -106,6 +110,12 @@ def config_hash(data: Any) -> str:
 def node_file_paths(root: Path, node: str) -> list[Path]:
     """The two places a node's own file may be (directory layout or flat ConfigMap keys)."""
     return [root / NODE_DIR / f"{node}.yaml", root / f"{FLAT_PREFIX}{node}.yaml"]
+
+
+def signature(root: Path, node: str) -> tuple[Any, ...] | None:
+    """What changes when a file that makes up `node`'s config is replaced (see
+    edge_agent.reload.ConfigWatcher)."""
+    return paths_signature(watched_paths(root, node))
 
 
 def watched_paths(root: Path, node: str) -> list[Path]:
@@ -349,10 +359,13 @@ def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = Fal
 
     `node` defaults to the agent's own name (NODE_NAME, config `node`, host name).
     """
-    files = read(root)
-    if node is None:
-        node = node_for(files, environ)
-    if files.is_directory:
+    if not root.is_dir():
+        seen = signature(root, node or "")  # before reading: a change after it is noticed
+        files = read(root)
+        node = node or node_for(files, environ)
+    else:
+        node = node or node_for(read(root), environ)
+        seen = signature(root, node)
         files = read(root, node)
     problems = _structure_problems(files)
     if problems:
@@ -360,7 +373,7 @@ def load_node(root: Path, node: str | None = None, *, strict_drivers: bool = Fal
     data, origins = _merged(files, node)
     config = _validate(data, origins, files.shared.label, strict_drivers=strict_drivers,
                        environ=environ)
-    return NodeConfig(node, config, origins, config_hash(_without_patterns(data)))
+    return NodeConfig(node, config, origins, config_hash(_without_patterns(data)), seen)
 
 
 def _without_patterns(data: dict[str, Any]) -> dict[str, Any]:

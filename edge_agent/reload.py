@@ -33,6 +33,15 @@ def file_signature(path: Path) -> tuple[Any, ...] | None:
     return os.path.realpath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
+def paths_signature(paths: list[Path]) -> tuple[Any, ...] | None:
+    """The signatures of a config's files; None while the first (the required one) is
+    missing, which is a swap in progress, not a change."""
+    first = file_signature(paths[0])
+    if first is None:
+        return None
+    return (first, *(file_signature(path) for path in paths[1:]))
+
+
 class ConfigWatcher:
     """Calls `on_change()` when the config's files change.
 
@@ -45,20 +54,20 @@ class ConfigWatcher:
 
     def __init__(self, paths: Path | Callable[[], list[Path]],
                  on_change: Callable[[], Awaitable[Any]],
-                 interval: float = WATCH_INTERVAL) -> None:
+                 interval: float = WATCH_INTERVAL,
+                 baseline: tuple[Any, ...] | None = None) -> None:
         self.paths = paths if callable(paths) else (lambda: [paths])
         self.on_change, self.interval = on_change, interval
+        #: the signature the running config was read at (taken before it was read); without
+        #: it the first check's, which misses a change made while the agent was starting
+        self.baseline = baseline
         self.log = logs.get("edge_agent.reload")
 
     def signature(self) -> tuple[Any, ...] | None:
-        paths = self.paths()
-        first = file_signature(paths[0])
-        if first is None:
-            return None
-        return (first, *(file_signature(path) for path in paths[1:]))
+        return paths_signature(self.paths())
 
     async def run(self) -> None:
-        last = self.signature()
+        last = self.baseline if self.baseline is not None else self.signature()
         while True:
             await asyncio.sleep(self.interval)
             current = self.signature()

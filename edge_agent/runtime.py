@@ -52,11 +52,15 @@ class Agent:
     delivery: Delivery
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None,
-                 watch_interval: float | None = None, config_hash: str | None = None) -> None:
+                 watch_interval: float | None = None, config_hash: str | None = None,
+                 config_signature: tuple[Any, ...] | None = None) -> None:
         self.node = node_name(config.node)
         self.config = fleet.for_node(config, self.node)
         self.config_path = config_path
         self.watch_interval = watch_interval
+        #: the config files' signature when they were read (fleet.load_node): the watcher's
+        #: baseline, so a change while the agent starts is still noticed
+        self.config_signature = config_signature
         #: this process as a node of a fleet: instance id, config hash, name conflicts
         self.identity = NodeIdentity(self.node, config.mqtt.reconnect_max,
                                      config_hash or fleet.config_hash(self.config))
@@ -246,7 +250,8 @@ class Agent:
         if (config_path := self.config_path) is not None:
             watcher = ConfigWatcher(lambda: fleet.watched_paths(config_path, self.node),
                                     lambda: self.reload("file changed"),
-                                    self.watch_interval or WATCH_INTERVAL)
+                                    self.watch_interval or WATCH_INTERVAL,
+                                    baseline=self.config_signature)
             self._spawn(watcher.run())
         await stop.wait()
         await self._shut_down(udev, outbox)

@@ -220,3 +220,31 @@ def test_the_node_name_env_override_of_node_is_honoured_without_reading_device_o
     loaded = fleet.load_node(root, environ=environ)
     assert loaded.node == "edge-b"
     assert loaded.config.devices[1].name == "local-b" and loaded.config.devices[1].unit == 6
+
+
+def test_a_change_between_loading_and_watching_is_noticed(tmp_path):
+    """The watcher starts from the signature the config was read at, not from what it finds
+    when it starts (a ConfigMap swap while a slow agent starts up is not missed)."""
+    import asyncio
+
+    from edge_agent.reload import ConfigWatcher
+
+    root = write_fleet(tmp_path / "fleet", FLEET, {"edge-b": NODE_B})
+    loaded = fleet.load_node(root, "edge-b")
+    write_fleet(root, FLEET, {"edge-b": {"devices": [modbus("other", "/dev/ttyUSB1")]}})
+
+    async def watch() -> None:
+        changed = asyncio.Event()
+
+        async def on_change() -> None:
+            changed.set()
+
+        watcher = ConfigWatcher(lambda: fleet.watched_paths(root, "edge-b"), on_change,
+                                interval=0.01, baseline=loaded.signature)
+        task = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(changed.wait(), 5)
+        finally:
+            task.cancel()
+
+    asyncio.run(watch())
