@@ -17,7 +17,7 @@ import yaml
 
 from edge_agent import __version__, fleet, identity
 from edge_agent import config as config_mod
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StartupError
 
 #: entry-point group of commands other distributions add (simulate and demo come from
 #: edge-agent-simulators): each names a callable that adds one subparser, see add_commands
@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -182,7 +185,15 @@ def _run(args: argparse.Namespace) -> int:
             hint=f"-c names a file: to run this node's file too, use -c {path.parent}")
     agent = Agent(config, config_path=path, config_hash=loaded.hash,
                   config_signature=loaded.signature)
-    run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    try:
+        run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    except (StartupError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: its traceback goes to the structured log, not stderr
+        logs.get("edge_agent.agent").critical(
+            "agent_crashed", **logs.exception_fields(exc, exc.__traceback__))
+        print(f"edge-agent: stopped by an unexpected error: {exc!r}", file=sys.stderr)
+        return 1
     return 0
 
 

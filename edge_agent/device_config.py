@@ -103,6 +103,13 @@ class DeviceConfig(BaseModel):
     enabled: bool = True
     #: glob patterns on the node name; None runs the device on every node (edge_agent.fleet)
     nodes: list[str] | None = Field(None, min_length=1)
+    #: streams: silent (no sample) this many seconds = stale: status error, reconnect.
+    #: None: 10 x interval, at least 10 s; 0: never (a device that talks only on events)
+    stale_after: float | None = Field(None, ge=0, le=86400)
+    #: samples per second published at most; beyond it the latest value of each metric
+    #: waits for the next slot (docs/operations.md "Limits"). None: 100/s, or twice the
+    #: poll rate if that is higher
+    max_rate: float | None = Field(None, gt=0, le=100_000)
     # a device profile supplying points and settings (edge_agent/profiles.py); kept after
     # resolution so the resolved config says where its points came from
     profile: str | None = None

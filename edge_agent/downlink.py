@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge_agent import logs
+from edge_agent import logs, tasks
 from edge_agent.errors import DeviceError, WriteRefused
 from edge_agent.model import PointSpec
 from edge_agent.normalize import Scaling
@@ -175,7 +175,7 @@ class Downlink:
         request = self.channel.command(topic, payload, retained)
         if request is None:
             return
-        task = asyncio.get_running_loop().create_task(self._serve(request))
+        task = tasks.spawn(self._serve(request), "downlink", self.log)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

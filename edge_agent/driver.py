@@ -19,6 +19,9 @@ from edge_agent.model import PointSpec, Sample
 
 T = TypeVar("T")
 
+#: a poll may take the device's `interval` plus this many of its `timeout`s (poll_time_limit)
+POLL_LIMIT_TIMEOUTS = 10
+
 
 class Discovered(NamedTuple):
     """A device found on a line: one line describing it, and a device config that reaches it."""
@@ -76,6 +79,16 @@ class Driver:
     def stream(self) -> AsyncIterator[Sample]:
         """Yields samples as the device sends them, until the transport fails."""
         raise NotImplementedError
+
+    def poll_time_limit(self) -> float:
+        """The longest one `poll()` may take: past it the core cancels the poll, counts a
+        timeout and reconnects (a driver that hangs never leaves its device "connected").
+
+        The default, `interval` + 10 x `timeout`, leaves room for several requests, retries
+        and waiting for a shared line; a driver whose readout is longer by design (a meter
+        read at 300 baud) says so here.
+        """
+        return self.config.interval + POLL_LIMIT_TIMEOUTS * self.config.timeout
 
     async def write(self, metric: str, value: Any) -> None:
         """Writes a raw (already unscaled) value to a writable point."""

@@ -18,12 +18,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edge_agent import config_source, fleet, logs, outputs
-from edge_agent.config import AgentConfig
+from edge_agent import config_source, fleet, logs, outputs, tasks
+from edge_agent.config import AgentConfig, HttpConfig
 from edge_agent.conflict import NodeIdentity
 from edge_agent.delivery import Delivery
 from edge_agent.downlink import Downlink
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StartupError
 from edge_agent.identity import client_id, node_name
 from edge_agent.ops import snapshot
 from edge_agent.ops.http import HttpServer
@@ -133,18 +133,50 @@ class Agent:
                                        HEALTH_TIMEOUT if timeout is None else timeout)
         return bool(answer)
 
-    async def _start_http(self) -> None:
-        http = self.config.http
+    def _bind_http(self, http: HttpConfig) -> HttpServer | None:
+        """A server holding `http.listen` (None when disabled); OSError when it cannot."""
         if not http.enabled:
-            return
+            return None
         server = HttpServer(http.listen, self.loop_alive, self._snapshot_from_thread,
                             self.metrics.exposition)
-        try:
+        server.bind()
+        return server
+
+    async def _serve_http(self, server: HttpServer | None) -> None:
+        if server is not None:
             await asyncio.get_running_loop().run_in_executor(None, server.start)
-        except OSError as exc:  # the port is taken: telemetry matters more than /metrics
-            self.log.error("http_failed", listen=http.listen, error=exc.strerror or str(exc))
-            return
-        self.http = server
+            self.http = server
+
+    async def _reload_http(self, old: HttpConfig, new: HttpConfig) -> str | None:
+        """Moves the server to `new`; if the new address cannot be taken, the old listener
+        stays (the probes keep reaching this agent) and the problem is returned."""
+        if not new.enabled:
+            await self._stop_http()
+            return None
+        try:
+            server = self._bind_http(new)
+        except OSError as exc:
+            running = self.http
+            if running is None or running.port != int(new.listen.rpartition(":")[2]):
+                return _listen_problem(new.listen, exc)  # the running listener stays
+            # The running listener holds that very port (0.0.0.0:7070 -> 127.0.0.1:7070):
+            # let go of it, and take it back if the new address still cannot be had.
+            address = f"{running.address.rpartition(':')[0]}:{running.port}"
+            await self._stop_http()
+            try:
+                server = self._bind_http(new)
+            except OSError as exc:
+                problem = _listen_problem(new.listen, exc)
+                try:
+                    await self._serve_http(self._bind_http(old.model_copy(
+                        update={"listen": address})))
+                except OSError as again:
+                    self.log.error("http_failed", listen=address,
+                                   error=again.strerror or str(again))
+                return problem
+        await self._stop_http()
+        await self._serve_http(server)
+        return None
 
     async def _stop_http(self) -> None:
         if self.http is not None:
@@ -186,8 +218,13 @@ class Agent:
             changes = plan(self.config, new)
             self.log.info("config_reloaded", reason=reason, config=loaded.hash,
                           **changes.summary())
+            problem = await self._apply(new, changes)
+            if problem is not None:
+                stats["failures"] += 1
+                stats["last_ok"] = 0
+                stats["last_error"] = problem
+                return False
             self.identity.config_hash = loaded.hash
-            await self._apply(new, changes)
             self._node_changed()
             stats["last_ok"] = 1
             stats["last_error"] = None
@@ -202,12 +239,14 @@ class Agent:
         self.log.error(event, reason=reason, path=str(self.config_path), problems=problems,
                        kept="the running config")
 
-    async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> None:
+    async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> str | None:
+        """Applies what changed; returns the problem of a part it had to keep as it was."""
         if changes.needs_restart:
             self.log.warning("config_needs_restart", settings=changes.needs_restart,
                              note="kept the running values until the agent restarts")
             new = new.model_copy(update={"buffer": self.config.buffer})
         supervisor = self.supervisor
+        old_http = self.config.http
         for name in changes.stop + changes.restart:
             await supervisor.stop(name, removed=name in changes.stop)
         self.config = new
@@ -223,18 +262,32 @@ class Agent:
             count = len(supervisor.runners)
             supervisor.start(devices[name], phase=poll_phase(count, count + 1))
         if changes.http:
-            await self._stop_http()
-            await self._start_http()
+            problem = await self._reload_http(old_http, new.http)
+            if problem is not None:
+                # the running listener stays, and so does its setting: a later reload retries
+                self.config = new.model_copy(update={"http": old_http})
+                self.log.error("http_reload_failed", listen=new.http.listen, error=problem,
+                               kept=self.http.address if self.http is not None else None)
+                return problem
+        return None
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = tasks.spawn(coroutine, getattr(coroutine, "__qualname__", "background"),
+                           self.log)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        tasks.install(self._loop)  # no raw traceback from anything on this loop
         config = self.config
+        try:  # first of all: an agent that cannot answer its probes must not start
+            http = self._bind_http(config.http)
+        except OSError as exc:
+            problem = _listen_problem(config.http.listen, exc)
+            self.log.error("http_failed", listen=config.http.listen, error=problem)
+            raise StartupError(problem) from None
         supervisor = self.supervisor
         supervisor.started = self._loop.time()
         outbox = open_outbox(config.buffer, self.log)
@@ -244,7 +297,7 @@ class Agent:
         self.log.info("agent_starting", devices=len(devices), broker=config.mqtt.urls)
         for index, device in enumerate(devices):
             supervisor.start(device, phase=poll_phase(index, len(devices)))
-        await self._start_http()
+        await self._serve_http(http)
         udev = UdevMonitor(supervisor.on_port_added)
         udev.start()
         if (config_path := self.config_path) is not None:
@@ -287,3 +340,7 @@ class Agent:
         except Exception as exc:
             self.log.error("shutdown_step_failed", step=name, error=repr(exc))
             return None
+
+
+def _listen_problem(listen: str, exc: OSError) -> str:
+    return f"cannot listen on {listen} (http.listen): {exc.strerror or exc}"

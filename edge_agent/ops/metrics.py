@@ -128,6 +128,11 @@ class _SnapshotCollector(Collector):
                 "edge_agent_read_errors",
                 "Failed reads and connects by kind (timeout, protocol, exception_NN, io...)",
                 labels=["device", "kind"]),
+            "dropped": CounterMetricFamily(
+                "edge_agent_samples_dropped",
+                "Samples not published on their own, by reason: rate (merged into a later "
+                "sample beyond max_rate), publish_failed (the agent failed to normalise or "
+                "store them)", labels=["device", "reason"]),
             "writes": CounterMetricFamily("edge_agent_writes",
                                           "Downlink writes by result (ok, refused, failed)",
                                           labels=["device", "result"]),
@@ -145,6 +150,8 @@ class _SnapshotCollector(Collector):
             families["skipped"].add_metric([name], device["skipped_ticks"])
             for kind, count in sorted(device["errors"].items()):
                 families["errors"].add_metric([name, kind], count)
+            for reason, count in sorted(device.get("dropped", {}).items()):
+                families["dropped"].add_metric([name, reason], count)
             for result, count in sorted(device["writes"].items()):
                 families["writes"].add_metric([name, result], count)
             families["connected"].add_metric([name], device["state"] == "connected")

@@ -67,6 +67,10 @@ class Iec62056Driver(BlockingDriver):
         await self.in_thread(self._close)
         await super().close()
 
+    def poll_time_limit(self) -> float:
+        """A readout may take its whole `readout_timeout` (300 baud sign-on, long data set)."""
+        return max(super().poll_time_limit(), self.config.readout_timeout + self.config.timeout)
+
     async def poll(self) -> Sample:
         sets, ts = await self.in_thread(self._readout)
         return Sample(ts, self._readings(sets))
