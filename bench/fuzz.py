@@ -6,19 +6,21 @@
 A crash is any exception other than the target's documented rejection (NmeaError for a
 sentence that is dropped, LineError for a line, ConfigError for a config file...). Garbage is
 a value outside its valid range, non-finite, undecodable or otherwise invalid that leaves the
-codec with quality good (or, for NMEA, not bad). Inputs are mostly mutations of valid seeds
+codec with quality good (or, for NMEA, not bad); for the MQTT downlink targets (JSON `set`,
+Sparkplug DCMD, NCMD, STATE), a write accepted with a value other than the one asked or
+outside its point's type and limits, a request left unanswered or unanswerable, a retained
+command taken, a Rebirth nobody asked for. Inputs are mostly mutations of valid seeds
 (structure-aware where a checksum or a grammar would otherwise reject everything at the
 door), with hostile tokens spliced in (`1e300`, `nan`, `1_000`, `[` x 3000, NUL, invalid
 UTF-8...), and some purely random bytes. Prints one line per target: inputs, inputs/s,
 rejected, good readings checked, crashes, garbage; exits 1 if any target had a crash or
 garbage. docs/security.md holds the figures.
 
-Adding a target (e.g. Sparkplug NCMD/DCMD, the JSON downlink): write a function that takes a
-`random.Random` and returns `(generate, check)`, where `generate()` makes one hostile input
-and `check(input)` feeds it to the code under test and returns how many good values it
-verified, raising `Garbage` when something invalid passes as good; decorate it with
-`@target("name", rejects=(TheDocumentedError,))`. Everything else (counting, timing,
-splitting across --jobs, the report) is shared.
+Adding a target: write a function that takes a `random.Random` and returns `(generate,
+check)`, where `generate()` makes one hostile input and `check(input)` feeds it to the code
+under test and returns how many good values it verified, raising `Garbage` when something
+invalid passes as good; decorate it with `@target("name", rejects=(TheDocumentedError,))`.
+Everything else (counting, timing, splitting across --jobs, the report) is shared.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import multiprocessing
 import os
 import random
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -582,6 +585,362 @@ def node_name(rng: random.Random) -> tuple[Generate, Check]:
         earlier = seen.setdefault(safe, name)
         if earlier != name:
             raise Garbage(f"{earlier!r} and {name!r} both became {safe!r}")
+        return 1
+
+    return generate, check
+
+
+# -- the MQTT downlink: JSON `set`, Sparkplug DCMD/NCMD and STATE ----------------------------
+#: the points downlink targets write to: every raw type, scaled and not, with limits
+def _downlink_points() -> dict[str, Any]:
+    from edge_agent.model import PointSpec
+
+    return {spec.name: spec for spec in (
+        PointSpec("i16", writable=True, value_type="int16"),
+        PointSpec("u16", writable=True, value_type="uint16", minimum=0, maximum=60000),
+        PointSpec("sp", writable=True, value_type="int16", scale=0.1, offset=-40,
+                  minimum=-50, maximum=90),
+        PointSpec("u32", writable=True, value_type="uint32"),
+        PointSpec("i64", writable=True, value_type="int64"),
+        PointSpec("u64", writable=True, value_type="uint64"),
+        PointSpec("f32", writable=True, value_type="float32"),
+        PointSpec("f64", writable=True, value_type="float64", minimum=-1e6, maximum=1e6),
+        PointSpec("on", writable=True, value_type="bool"),
+        PointSpec("label", writable=True, value_type="string"),
+        PointSpec("ro", value_type="int16"),
+    )}
+
+
+_INT_LIMITS = {"int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
+               "uint32": (0, (1 << 32) - 1), "int64": (-(1 << 63), (1 << 63) - 1),
+               "uint64": (0, (1 << 64) - 1)}
+
+
+class _Target:
+    """The far end of the write path: a device whose points are `_downlink_points()`."""
+
+    def __init__(self, points: dict[str, Any]) -> None:
+        from edge_agent.normalize import Scaling
+
+        self.name, self.status, self.points = "dev", "connected", points
+        self._scalings = {name: Scaling(spec) for name, spec in points.items()}
+
+    def scaling(self, metric: str) -> Any:
+        return self._scalings[metric]
+
+
+def _check_write(target: _Target, metric: str, value: Any, origin: Any) -> int:
+    """Validates one write as the downlink does; an accepted one must be exactly `value`,
+    inside its point's type and limits. Returns 1 for a write that would reach the device."""
+    from edge_agent.downlink import validate
+    from edge_agent.errors import WriteRefused
+
+    try:
+        raw = validate(target, metric, value)
+    except WriteRefused:
+        return 0
+    spec = target.points[metric]
+    scaling = target.scaling(metric)
+    kind = spec.value_type
+
+    def garbage(why: str) -> Garbage:
+        return Garbage(f"{metric}={value!r} -> raw {raw!r}: {why} ({origin!r})"[:300])
+
+    if not spec.writable:
+        raise garbage("not writable")
+    if kind == "bool":
+        if raw is not value or type(value) is not bool:
+            raise garbage("not the boolean asked")
+        return 1
+    if kind == "string":
+        if raw != value or type(raw) is not str:
+            raise garbage("not the string asked")
+        return 1
+    if isinstance(value, bool) or not finite_number(value):
+        raise garbage("not a finite number")
+    if (spec.minimum is not None and value < spec.minimum) or (
+            spec.maximum is not None and value > spec.maximum):
+        raise garbage("outside min/max")
+    if kind in _INT_LIMITS:
+        low, high = _INT_LIMITS[kind]
+        if type(raw) is not int or not low <= raw <= high:
+            raise garbage(f"outside {kind}")
+        if scaling.identity and raw != value:
+            raise garbage("not the value asked")
+        if not scaling.identity and not math.isclose(scaling.apply(raw), value, rel_tol=1e-6,
+                                                     abs_tol=1e-6):
+            raise garbage("does not scale back to the value asked")
+    else:
+        if type(raw) is not float or not math.isfinite(raw):
+            raise garbage("not a finite float")
+        if kind == "float32" and abs(raw) > 3.4028234663852886e38:
+            raise garbage("outside float32")
+        if raw != value:
+            raise garbage("not the value asked")
+        if isinstance(value, int) and kind == "float32" and struct.unpack(
+                "<f", struct.pack("<f", raw))[0] != value:
+            raise garbage("a whole number float32 cannot hold exactly")
+    return 1
+
+
+class _NullLink:
+    """A `Link` that drops what an output publishes (births after a Rebirth, answers)."""
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def is_connected(self) -> bool:
+        return True
+
+    def publish_now(self, message: Any) -> None:
+        self.last = message
+
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        pass
+
+    def pump(self) -> None:
+        pass
+
+    def disconnect(self) -> None:
+        pass
+
+
+_JSON_VALUES = [b"21.5", b"-3", b"0", b"70000", b"65543", b"4294967295", b"9223372036854775808",
+                b"-9223372036854775809", b"18446744073709551616", b"1e999", b"-1e308", b"1e39",
+                b"NaN", b"Infinity", b"-Infinity", b"true", b"false", b"null", b'"x"', b'""',
+                b'"\\ud800"', b"[1]", b'{"a": 1}', b"1.0000001", b"21.55", b"-0.0", b"9" * 400,
+                b"3.4028235e38", b"1.7976931348623157e308", b"5e-324", b"12.3e1"]
+_JSON_IDS = [b'"r1"', b"7", b"-7", b"1.5", b"NaN", b"Infinity", b"1e999", b"null", b"true",
+             b"9007199254740993", b'"' + b"x" * 129 + b'"', b'"\\ud800"', b"[1]", b'{"id": 1}']
+
+
+@target("downlink-json")
+def downlink_json(rng: random.Random) -> tuple[Generate, Check]:
+    """JSON `set` payloads through `JsonOutput.command` (edge_agent.inbound) and the one
+    validation of a value (`raw_value`); every request must be answerable."""
+    from edge_agent import config as config_mod
+    from edge_agent.downlink import WriteRequest, WriteResult
+    from edge_agent.inbound import valid_id
+    from edge_agent.outputs.json import JsonOutput
+
+    points = _downlink_points()
+    device = _Target(points)
+    link = _NullLink()
+    config = config_mod.validate({"node": "n1"})
+    output = JsonOutput(config, "n1", _Directory(), link)
+    names = [*points, "ghost"]
+    seeds = [b'{"value": %s, "id": %s}' % (v, i) for v in _JSON_VALUES[:6] for i in _JSON_IDS[:3]]
+
+    def generate() -> tuple[str, bytes, bool]:
+        metric = rng.choice(names)
+        roll = rng.random()
+        if roll < 0.25:  # plausible values, so that many requests reach the last checks
+            value = rng.choice([
+                str(rng.randint(-70000, 70000)), str(rng.getrandbits(rng.choice([16, 32, 64]))),
+                repr(round(rng.uniform(-60, 100), rng.randint(0, 3))), "true", "false",
+                '"%s"' % ("x" * rng.randint(0, 20))]).encode()
+            payload = b'{"value": %s, "id": %s}' % (value, rng.choice(_JSON_IDS))
+        elif roll < 0.6:
+            value, rid = rng.choice(_JSON_VALUES), rng.choice(_JSON_IDS)
+            if rng.random() < 0.3:
+                value = repr(rng.choice([rng.uniform(-1e5, 1e5), rng.randint(-2**70, 2**70),
+                                         rng.uniform(-1, 1) * 10.0 ** rng.randint(-300, 300)]))
+                value = value.encode()
+            payload = b'{"value": %s, "id": %s}' % (value, rid)
+        else:
+            payload = hostile_bytes(rng, seeds)
+        return metric, payload, rng.random() < 0.02
+
+    def check(item: tuple[str, bytes, bool]) -> int:
+        metric, payload, retained = item
+        request = output.command(f"edge/n1/dev/set/{metric}", payload, retained)
+        if request is None:
+            if payload:
+                raise Garbage(f"a request went unanswered: {payload[:80]!r}")
+            return 0
+        if not isinstance(request, WriteRequest):
+            raise Garbage(f"not a request: {request!r}")
+        if request.request_id is not None and not valid_id(request.request_id):
+            raise Garbage(f"invalid id {request.request_id!r} would be echoed")
+        output.answer(request, [WriteResult(False, "refused", refused=True)])  # encodable
+        if request.problem is not None:
+            return 0
+        if retained:
+            raise Garbage(f"a retained command was taken: {payload[:80]!r}")
+        [(name, value)] = request.writes
+        if name not in points:
+            return 0
+        return _check_write(device, name, value, payload[:80])
+
+    return generate, check
+
+
+class _Directory:
+    def __init__(self, *views: Any) -> None:
+        self._views = {v.name: v for v in views}
+
+    def views(self) -> list[Any]:
+        return list(self._views.values())
+
+    def view(self, name: str) -> Any:
+        return self._views.get(name)
+
+
+def _sparkplug_session() -> tuple[Any, _Target]:
+    from edge_agent.outputs.base import FixedView
+    from edge_agent.outputs.sparkplug.session import SparkplugSession
+
+    points = _downlink_points()
+    view = FixedView("dev", "connected", points=points,
+                     point_types={n: s.value_type for n, s in points.items() if s.value_type})
+    session = SparkplugSession(link=_NullLink(), group="g", node="n1",
+                               devices=_Directory(view), primary_host="host")
+    session._device(view)  # its metrics defined (aliases, datatypes), as after a DBIRTH
+    return session, _Target(points)
+
+
+def _random_metric(rng: random.Random, names: list[str], aliases: list[int]) -> Any:
+    from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
+
+    metric = pb.Payload.Metric()
+    if rng.random() < 0.6:
+        metric.name = rng.choice(names)
+    else:
+        metric.alias = rng.choice(aliases) if rng.random() < 0.9 else rng.getrandbits(64)
+    if rng.random() < 0.5:
+        metric.datatype = rng.choice([rng.randrange(0, 35), rng.getrandbits(32)])
+    roll = rng.randrange(8)
+    edges32 = [0, 1, 7, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 65543, 70000, 0x7FFFFFFF, 0x80000000,
+               0xFFFF8000, 0xFFFFFFF9, 0xFFFFFFFF]
+    edges64 = [*edges32, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, (1 << 64) - 7]
+    if roll == 0:
+        metric.int_value = rng.choice([rng.getrandbits(32), rng.choice(edges32)])
+    elif roll == 1:
+        metric.long_value = rng.choice([rng.getrandbits(64), rng.choice(edges64)])
+    elif roll == 2:
+        metric.float_value = rng.choice([rng.uniform(-1e6, 1e6), math.nan, math.inf, 3.4e38,
+                                         21.7, -0.0])
+    elif roll == 3:
+        metric.double_value = rng.choice([rng.uniform(-1e6, 1e6), math.nan, -math.inf, 1e308,
+                                          21.55, 21.5, -0.0, 5e-324])
+    elif roll == 4:
+        metric.boolean_value = rng.random() < 0.5
+    elif roll == 5:
+        metric.string_value = rng.choice(["", "x", "é" * 40, "\x00", "a" * 300])
+    elif roll == 6:
+        metric.bytes_value = rng.randbytes(4)
+    if rng.random() < 0.05:
+        metric.is_null = True
+    return metric
+
+
+@target("sparkplug-dcmd")
+def sparkplug_dcmd(rng: random.Random) -> tuple[Generate, Check]:
+    """DCMD payloads (structured and mutated protobuf) through the session's reading of
+    commands (`codec.command_value`) and the same validation as the JSON downlink."""
+    from edge_agent.downlink import WriteRequest
+    from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
+
+    session, device = _sparkplug_session()
+    defs = session._devices["dev"].metrics
+    names, aliases = [*defs, "ghost"], [d.alias for d in defs.values()]
+    seeds = [pb.Payload(timestamp=1, metrics=[_random_metric(rng, names, aliases)])
+             .SerializeToString() for _ in range(50)]
+
+    def generate() -> tuple[bytes, bool]:
+        if rng.random() < 0.7:
+            metrics = [_random_metric(rng, names, aliases) for _ in range(rng.choice([1, 1, 2, 3]))]
+            data = pb.Payload(timestamp=rng.getrandbits(64), metrics=metrics).SerializeToString()
+        else:
+            data = hostile_bytes(rng, seeds)
+        return data, rng.random() < 0.02
+
+    def check(item: tuple[bytes, bool]) -> int:
+        data, retained = item
+        request = session.command("spBv1.0/g/DCMD/n1/dev", data, retained)
+        if request is None:
+            return 0
+        if not isinstance(request, WriteRequest):
+            raise Garbage(f"not a request: {request!r}")
+        if request.problem is not None:
+            return 0
+        if retained:
+            raise Garbage("a retained DCMD was taken")
+        written = 0
+        for name, value in request.writes:  # validated whole: any refusal refuses them all
+            written += _check_write(device, name, value, data[:60])
+        return written
+
+    return generate, check
+
+
+@target("sparkplug-ncmd")
+def sparkplug_ncmd(rng: random.Random) -> tuple[Generate, Check]:
+    """NCMD payloads: a Rebirth only for `Node Control/Rebirth` = boolean true."""
+    from edge_agent.inbound import Rejected
+    from edge_agent.outputs.sparkplug import codec
+    from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
+
+    session, _ = _sparkplug_session()
+    session.live = True
+    names = [codec.REBIRTH, "Node Control/Reboot", "bdSeq", "x"]
+    aliases = [session._aliases[codec.REBIRTH], 0, 1, 999]
+    seeds = [pb.Payload(metrics=[_random_metric(rng, names, aliases)]).SerializeToString()
+             for _ in range(50)]
+
+    def generate() -> bytes:
+        if rng.random() < 0.7:
+            return pb.Payload(metrics=[_random_metric(rng, names, aliases)
+                                       for _ in range(rng.randint(1, 3))]).SerializeToString()
+        return hostile_bytes(rng, seeds)
+
+    def check(data: bytes) -> int:
+        births = session.births
+        outcome = session.command("spBv1.0/g/NCMD/n1", data, False)
+        if outcome is not None and not isinstance(outcome, Rejected):
+            raise Garbage(f"an NCMD became {outcome!r}")
+        if session.births == births:
+            return 0
+        payload = codec.parse(data)
+        asked = [m for m in payload.metrics
+                 if (m.name == codec.REBIRTH or (not m.name and m.HasField("alias")
+                                                 and m.alias == aliases[0]))
+                 and m.WhichOneof("value") == "boolean_value" and m.boolean_value]
+        if not asked:
+            raise Garbage(f"a rebirth nobody asked for: {data[:60]!r}")
+        return 1
+
+    return generate, check
+
+
+@target("sparkplug-state")
+def sparkplug_state(rng: random.Random) -> tuple[Generate, Check]:
+    """STATE payloads (JSON, read by edge_agent.inbound) through the session."""
+    from edge_agent.inbound import MAX_TIMESTAMP_MS, BadPayload, Rejected, parse_state
+
+    session, _ = _sparkplug_session()
+    values = [b"true", b"false", b"1", b"0", b'"true"', b"null", b"1e999", b"-1", b"9" * 400,
+              b"1764151200000", b"1764151200000.0", b"1.5", b"NaN", b"[]", b"{}",
+              b"9223372036854775807", b"9223372036854775808", b"-0"]
+    seeds = [b'{"online": %s, "timestamp": %s}' % (o, t) for o in values[:4] for t in values[9:11]]
+
+    def generate() -> bytes:
+        if rng.random() < 0.6:
+            return b'{"online": %s, "timestamp": %s}' % (rng.choice(values), rng.choice(values))
+        return hostile_bytes(rng, seeds)
+
+    def check(data: bytes) -> int:
+        outcome = session.command("spBv1.0/STATE/host", data, True)
+        if outcome is not None and not isinstance(outcome, Rejected):
+            raise Garbage(f"a STATE became {outcome!r}")
+        try:
+            online, ts = parse_state(data)
+        except BadPayload:
+            if outcome is None and data:
+                raise Garbage(f"an unreadable STATE was taken: {data[:60]!r}") from None
+            return 0
+        if type(online) is not bool or type(ts) is not int or not 0 <= ts <= MAX_TIMESTAMP_MS:
+            raise Garbage(f"STATE read as {online!r}, {ts!r}: {data[:60]!r}")
         return 1
 
     return generate, check

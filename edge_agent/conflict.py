@@ -37,6 +37,9 @@ from edge_agent.backoff import Backoff
 
 #: MQTT 5 reason code of a DISCONNECT sent to a client whose session another one took over
 SESSION_TAKEN_OVER = 0x8E
+#: an agent's status is a few hundred bytes (more with many device names); anything larger
+#: on the topic is not parsed
+MAX_STATUS_BYTES = 256 * 1024
 #: first reconnect delay while in conflict (capped by mqtt.reconnect_max), in seconds
 CONFLICT_INITIAL_DELAY = 5.0
 
@@ -102,9 +105,11 @@ class NodeIdentity:
 
     def status_seen(self, payload: bytes, retained: bool) -> None:
         """A message on this node's own status topic."""
+        if len(payload) > MAX_STATUS_BYTES:
+            return  # no agent's status is that big: not ours to judge
         try:
             body = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return  # a cleared retained message, or not ours to judge
         instance = body.get("instance") if isinstance(body, dict) else None
         if not isinstance(instance, str) or instance == self.instance:

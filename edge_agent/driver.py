@@ -131,10 +131,11 @@ def point_specs(driver: Driver) -> dict[str, PointSpec]:
     what only the device knows and the config left open: the unit (from a DBC or an OBIS
     table) and the value type. A driver that cannot write has no writable points.
     """
-    specs = {spec.name: spec for spec in driver.points()}
+    own = {spec.name: spec for spec in driver.points()}
+    specs: dict[str, PointSpec] = {}
     for point in driver.config.point_configs():
         spec = point.to_spec()
-        known = specs.get(spec.name)
+        known = own.get(spec.name)
         if known is not None:
             spec = dataclasses.replace(
                 spec, unit=known.unit if spec.unit is None else spec.unit,
@@ -142,4 +143,6 @@ def point_specs(driver: Driver) -> dict[str, PointSpec]:
         if spec.writable and not driver.can_write:
             spec = dataclasses.replace(spec, writable=False)
         specs[spec.name] = spec
+    for name, spec in own.items():  # after the configured ones, in the driver's order
+        specs.setdefault(name, spec)
     return specs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ class Agent:
             on_stopped=self._device_stopped)
         self.output: Output | None = None
         self.downlink: Downlink | None = None
+        #: downlink messages refused at the boundary, by reason; outlives a restarted output
+        self.downlink_rejected: Counter[str] = Counter()
         self.http: HttpServer | None = None
         self.reload_stats: dict[str, Any] = {"attempts": 0, "failures": 0, "last_ok": 1,
                                              "last_ts": None, "last_error": None}
@@ -100,7 +103,7 @@ class Agent:
         output = outputs.create(self.config, self.node, self.supervisor, delivery,
                                 self.identity)
         self.output = output
-        self.downlink = Downlink(output, self.supervisor.view)
+        self.downlink = Downlink(output, self.supervisor.view, self.downlink_rejected)
         delivery.start(self.config.mqtt, client_id(self.config.node), output,
                        self.downlink.on_message, watch=self.identity)
 
@@ -122,7 +125,9 @@ class Agent:
         return snapshot.take(node=self.node, broker_urls=self.config.mqtt.urls,
                              durable=self.config.buffer.path is not None,
                              delivery=self.delivery, devices=self.supervisor.views(),
-                             reload=self.reload_stats, identity=self.identity)
+                             reload=self.reload_stats,
+                             downlink_rejected=self.downlink_rejected,
+                             identity=self.identity)
 
     def _snapshot_from_thread(self) -> dict[str, Any] | None:
         return snapshot.call_in_loop(self._loop, self.snapshot, SNAPSHOT_TIMEOUT)

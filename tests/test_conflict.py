@@ -60,8 +60,9 @@ def test_payloads_that_are_not_an_agents_status_are_ignored():
     identity.session_started(BROKER)
     identity.session_ended(None)
     identity.session_started(BROKER)
+    huge = b'{"state": "online", "instance": "other", "pad": "' + b"x" * 300_000 + b'"}'
     for payload in (b"", b"not json", b"[1, 2]", b'{"state": "online"}',
-                    b'{"state": "online", "instance": 5}'):
+                    b'{"state": "online", "instance": 5}', b"[" * 100_000, huge):
         identity.status_seen(payload, retained=True)
     assert identity.conflict is None and identity.detected == 0
 

@@ -22,6 +22,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from edge_agent.inbound import REASONS
+
 DEVICE_STATES = ("connected", "disconnected", "error")
 POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -110,6 +112,14 @@ class _SnapshotCollector(Collector):
         yield _gauge("edge_agent_config_last_reload_success",
                      "1 if the last reload was applied (or none was tried), 0 if refused",
                      reload["last_ok"])
+
+        rejected = CounterMetricFamily(
+            "edge_agent_downlink_rejected",
+            "Downlink messages refused before reaching a device, by reason", labels=["reason"])
+        counts = snap.get("downlink_rejected", {})
+        for reason in REASONS:
+            rejected.add_metric([reason], counts.get(reason, 0))
+        yield rejected
 
         devices = snap["devices"]
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
