@@ -187,8 +187,9 @@ def resolve_config_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-#: EDGE_AGENT_* variables that configure the process, not config keys
-NOT_CONFIG_KEYS = frozenset({"config", "usb_backend"})
+#: EDGE_AGENT_* variables that configure the process or the project's tooling, not config
+#: keys (EDGE_AGENT_TOOLS_VENV: where deploy/ci-tools.sh installs the deployment checkers)
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "tools_venv"})
 
 
 def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
