@@ -49,12 +49,15 @@ class _Registers:
     """decode() for a register read answer: byte count, then exactly that many bytes."""
 
     registers: tuple[int, ...] | list[int]
+    #: the registers as the answer carried them (big-endian bytes), for the block decoder
+    data: bytes | None = None
 
     def decode(self, data: bytes) -> None:
         size = data[0] if data else -1
         if size < 0 or size % 2 or len(data) != size + 1:
             raise ModbusIOException(f"byte count {size} does not match the {len(data) - 1} "
                                     f"data bytes of the answer")
+        self.data = data[1:]
         self.registers = _words(size // 2).unpack_from(data, 1)
 
 

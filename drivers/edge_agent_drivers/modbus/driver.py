@@ -164,7 +164,10 @@ class ModbusDriver(Driver):
             readings += decoder.failed()
             return [decoder]
         # the bus checked that the answer holds exactly what was asked (answers.mismatch)
-        readings += decoder.decode(response.bits if block.is_bits else response.registers)
+        if block.is_bits:
+            readings += decoder.decode(response.bits)
+        else:
+            readings += decoder.decode(response.registers, getattr(response, "data", None))
         return [decoder]
 
     async def _request(self, bus: Bus, request: ModbusPDU) -> ModbusPDU:
