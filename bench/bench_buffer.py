@@ -27,9 +27,10 @@ from edge_agent.broker import Mosquitto
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.config import MqttConfig
 from edge_agent.model import now_ms
-from edge_agent.mqtt import MqttPublisher
 from edge_agent.outbox import MemoryOutbox
-from edge_agent.topics import JsonTopics
+from edge_agent.outputs.json import JsonTopics
+from edge_agent.transport.base import Message, PlainWire
+from edge_agent.transport.mqtt import MqttPublisher
 
 DEVICES, REGISTERS, RATE = 10, 50, 100  # messages per second in the standard workload
 TOPICS = JsonTopics("edge", "bench")
@@ -117,7 +118,8 @@ async def drain_figures(folder: Path, backlog: int, inflight: int) -> dict[str, 
     broker = Mosquitto(extra="max_queued_messages 0\n").start()
     subscriber = CountingSubscriber(broker.port)
     config = MqttConfig(url=broker.url, inflight=inflight)
-    publisher = MqttPublisher(config, "edge-agent-bench", outbox, ("edge/bench/status", b"{}"))
+    will = Message("edge/bench/status", b"{}", retain=True)
+    publisher = MqttPublisher(config, "edge-agent-bench", outbox, PlainWire(will, config.qos))
     task = asyncio.create_task(publisher.run())
     live_latency: list[float] = []
     appended_at: dict[int, float] = {}

@@ -16,8 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_agent import config as config_mod
 from edge_agent import logs
 from edge_agent.broker import Mosquitto, free_port, mosquitto_available, start_embedded
-from edge_agent.mqtt import parse_url
 from edge_agent.runtime import Agent
+from edge_agent.transport.mqtt import parse_url
 
 
 async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | None,
@@ -43,7 +43,7 @@ async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | No
     agent = Agent(config_mod.validate(agent_cfg))
     agent_stop = asyncio.Event()
     agent_task = asyncio.create_task(agent.run(agent_stop))
-    view = LiveView(broker_url, f"{agent.topics.prefix}/{agent.node}/+/telemetry")
+    view = LiveView(broker_url, f"{agent.config.mqtt.topic_prefix}/{agent.node}/+/telemetry")
     try:
         if duration:
             with contextlib.suppress(TimeoutError):

@@ -1,35 +1,49 @@
-"""Downlink writes: setting a point of a device from MQTT.
+"""Downlink writes: the one place a request to set points is validated, written and answered.
 
-`write_point` is the one write path, whatever the wire format: the JSON `set` topics here and
-Sparkplug DCMD both go through it. It refuses, before anything reaches the device, a point
-that is not marked `writable`, a value of the wrong type, one outside the point's `min`/`max`,
-and one the point's raw type cannot hold after the inverse scaling; only then does it call
-the driver. Every write is logged with its outcome and counted per device.
+Every wire format maps its command topics to a `WriteRequest` (`Output.command`: the JSON
+`set` topics, Sparkplug DCMD) and is handed the results to answer (`Output.answer`); in
+between, `Downlink` finds the device (`WriteTarget`, looked up by name) and `write_point`
+refuses, before anything reaches the device, a point that is not marked `writable`, a value
+of the wrong type, one outside the point's `min`/`max`, and one the point's raw type cannot
+hold after the inverse scaling; only then does it call the driver. Every write is logged with
+its outcome and counted per device.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from edge_agent import logs
 from edge_agent.errors import DeviceError, WriteRefused
 from edge_agent.model import PointSpec
-from edge_agent.topics import dumps
+from edge_agent.normalize import Scaling
 
-if TYPE_CHECKING:
-    from edge_agent.runtime import Agent, DeviceRunner
-
-_INTEGER_RANGES = {
+_INTEGER_RANGES: dict[str, tuple[float, float]] = {
     "int16": (-(1 << 15), (1 << 15) - 1), "uint16": (0, (1 << 16) - 1),
     "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1),
     "int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
 }
 _FLOAT32_MAX = 3.4028234663852886e38
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """What one downlink message asks: set these points of one device.
+
+    `reply_to` is the output's own address for the answer (the JSON `set` topic);
+    `problem` says why the message could not even be read (it is answered, nothing written).
+    """
+
+    device: str
+    writes: tuple[tuple[str, Any], ...]  # (metric, engineering value)
+    request_id: Any = None
+    reply_to: str | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +55,7 @@ class WriteResult:
     refused: bool = False
 
 
-def raw_value(spec: PointSpec, scaling: Any, value: Any) -> Any:
+def raw_value(spec: PointSpec, scaling: Scaling, value: Any) -> Any:
     """The raw value to hand to the driver for engineering `value`; raises WriteRefused."""
     if not spec.writable:
         raise WriteRefused(f"point '{spec.name}' is not writable")
@@ -68,7 +82,7 @@ def raw_value(spec: PointSpec, scaling: Any, value: Any) -> Any:
         if abs(raw - whole) > 1e-6 * max(1.0, abs(raw)):
             raise WriteRefused(f"{value} is not a multiple of the resolution of '{spec.name}' "
                                f"(raw {raw:g} is not a whole number)")
-        low, high = _INTEGER_RANGES.get(kind, (-math.inf, math.inf))
+        low, high = _INTEGER_RANGES.get(kind or "", (-math.inf, math.inf))
         if not low <= whole <= high:
             raise WriteRefused(f"{value} does not fit '{spec.name}': raw {whole} is outside "
                                f"{kind} ({low}..{high})")
@@ -78,98 +92,113 @@ def raw_value(spec: PointSpec, scaling: Any, value: Any) -> Any:
     return float(raw)
 
 
-async def write_point(runner: DeviceRunner, metric: str, value: Any,
+class WriteTarget(Protocol):
+    """What a write needs of a device (a supervised device runner provides it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def points(self) -> Mapping[str, PointSpec]: ...
+
+    #: writes by result ("ok", "refused", "failed"), for /metrics
+    writes: Counter[str]
+    log: Any  # the device's bound structlog logger
+
+    def scaling(self, metric: str) -> Scaling: ...
+
+    async def write_raw(self, metric: str, raw: Any) -> None:
+        """Hands a validated raw value to the driver (with the device's time limit)."""
+        ...
+
+
+class CommandChannel(Protocol):
+    """The part of an output that speaks downlink (see `edge_agent.outputs.base.Output`)."""
+
+    def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None: ...
+
+    def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None: ...
+
+
+async def write_point(target: WriteTarget, metric: str, value: Any,
                       request_id: Any = None) -> WriteResult:
     """Validates, unscales and writes one value; never raises for a bad request."""
-    log = runner.log.bind(metric=metric, value=value, request_id=request_id)
-    spec = runner.points.get(metric)
+    log = target.log.bind(metric=metric, value=value, request_id=request_id)
+    spec = target.points.get(metric)
     try:
         if spec is None:
-            raise WriteRefused(f"device '{runner.config.name}' has no point '{metric}'")
-        raw = raw_value(spec, runner.normalizer.scaling(metric), value)
+            raise WriteRefused(f"device '{target.name}' has no point '{metric}'")
+        raw = raw_value(spec, target.scaling(metric), value)
     except WriteRefused as exc:
-        runner.writes["refused"] += 1
+        target.writes["refused"] += 1
         log.warning("write_refused", error=str(exc))
         return WriteResult(False, str(exc), refused=True)
-    driver = runner.driver
-    if driver is None or runner.state.state != "connected":
-        runner.writes["failed"] += 1
-        error = f"device '{runner.config.name}' is not connected"
+    if target.status != "connected":
+        target.writes["failed"] += 1
+        error = f"device '{target.name}' is not connected"
         log.warning("write_failed", raw=raw, error=error)
         return WriteResult(False, error)
     try:
-        await asyncio.wait_for(driver.write(metric, raw), runner.config.timeout * 3)
+        await target.write_raw(metric, raw)
     except WriteRefused as exc:  # the driver knows limits the core does not (read-only table)
-        runner.writes["refused"] += 1
+        target.writes["refused"] += 1
         log.warning("write_refused", raw=raw, error=str(exc))
         return WriteResult(False, str(exc), refused=True)
     except (DeviceError, TimeoutError, OSError, NotImplementedError) as exc:
-        runner.writes["failed"] += 1
+        target.writes["failed"] += 1
         error = str(exc) or type(exc).__name__
         log.warning("write_failed", raw=raw, error=error)
         return WriteResult(False, error)
-    runner.writes["ok"] += 1
+    target.writes["ok"] += 1
     log.info("write_done", raw=raw)
     return WriteResult(True)
 
 
-class JsonDownlink:
-    """`<p>/<node>/<device>/set/<metric>` with `{"value": ..., "id": ...}`; answers on
-    `.../set/<metric>/result` with `{"id": ..., "ok": ..., "error": ...}`, always."""
+class Downlink:
+    """Turns an output's command messages into writes and answers every request.
 
-    def __init__(self, agent: Agent, publish: Callable[[str, bytes], None]) -> None:
-        self.agent = agent
-        self.publish = publish
+    `lookup` finds the device a request names (None: no such device on this node). One
+    request's writes run in order; requests run concurrently, as tasks cancelled by `close`.
+    """
+
+    def __init__(self, channel: CommandChannel,
+                 lookup: Callable[[str], WriteTarget | None]) -> None:
+        self.channel, self.lookup = channel, lookup
         self.log = logs.get("edge_agent.downlink")
-        self._base = f"{agent.topics.prefix}/{agent.topics.node}/"
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        if not topic.startswith(self._base):
+    def on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Called by the transport on the event loop for every subscribed message."""
+        request = self.channel.command(topic, payload, retained)
+        if request is None:
             return
-        parts = topic[len(self._base):].split("/")
-        if len(parts) != 3 or parts[1] != "set":
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._handle(topic, parts[0], parts[2], payload))
+        task = asyncio.get_running_loop().create_task(self._serve(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, topic: str, device: str, metric: str, payload: bytes) -> None:
-        request_id, value, problem = _parse(payload)
-        if problem is None:
-            runner = self.agent.runners.get(device)
-            if runner is None:
-                problem = f"no device '{device}' on this node"
-            else:
-                result = await write_point(runner, metric, value, request_id)
-                self._answer(topic, request_id, result.ok, result.error)
-                return
-        self.log.warning("write_refused", device=device, metric=metric, request_id=request_id,
-                         error=problem)
-        self._answer(topic, request_id, False, problem)
+    async def _serve(self, request: WriteRequest) -> None:
+        self.channel.answer(request, await self.handle(request))
 
-    def _answer(self, topic: str, request_id: Any, ok: bool, error: str | None) -> None:
-        body: dict[str, Any] = {"id": request_id, "ok": ok}
-        if error is not None:
-            body["error"] = error
-        self.publish(f"{topic}/result", dumps(body))
+    async def handle(self, request: WriteRequest) -> list[WriteResult]:
+        """Validates and performs a request: one result per write it asks for."""
+        problem = request.problem
+        target = None
+        if problem is None:
+            target = self.lookup(request.device)
+            if target is None:
+                problem = f"no device '{request.device}' on this node"
+        if target is None:
+            for metric, _ in request.writes or (("", None),):
+                self.log.warning("write_refused", device=request.device, metric=metric,
+                                 request_id=request.request_id, error=problem)
+            return [WriteResult(False, problem, refused=True)] * max(1, len(request.writes))
+        return [await write_point(target, metric, value, request.request_id)
+                for metric, value in request.writes]
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _parse(payload: bytes) -> tuple[Any, Any, str | None]:
-    """(id, value, problem) from a set payload."""
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None, None, "the payload is not JSON"
-    if not isinstance(body, dict):
-        return None, None, 'the payload must be an object like {"value": 1, "id": "..."}'
-    request_id = body.get("id")
-    if "value" not in body:
-        return request_id, None, 'the payload has no "value"'
-    return request_id, body["value"], None

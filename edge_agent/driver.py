@@ -31,6 +31,9 @@ class Driver:
     streaming: ClassVar[bool] = False
     #: True where several devices may share one port (Modbus units on one RS-485 line).
     shares_port: ClassVar[bool] = False
+    #: True where `points()` is complete only after `connect()` (an M-Bus meter's records are
+    #: learned from its first answer): the core then re-reads them after every connect.
+    learns_points: ClassVar[bool] = False
 
     def __init__(self, config: DeviceConfig) -> None:
         self.config = config

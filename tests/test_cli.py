@@ -38,7 +38,7 @@ def test_simulate_prints_endpoints_and_a_config_that_check_config_accepts(tmp_pa
                for line in lines)
     config = yaml.safe_load("".join(line for line in lines if not line.startswith("#")))
     names = [d["name"] for d in config["devices"]]
-    assert {"boiler-1", "meter-1", "meter-2"} <= set(names)
+    assert {"boiler-1", "meter-1", "meter-2", "heat-1", "elec-1", "truck-1"} <= set(names)
     path = tmp_path / "sim.yaml"
     path.write_text(yaml.safe_dump(config))
     assert run_cli("check-config", str(path)).returncode == 0
@@ -60,6 +60,10 @@ def test_demo_starts_mosquitto_and_shows_live_readings():
     assert any(line.startswith("meter-2") and "voltage=" in line for line in out.splitlines())
     # the simulated USB thermometer, reached through the pyusb backend the demo sets up
     assert any(line.startswith("thermo-1") and "humidity=" in line for line in out.splitlines())
+    # the meters and the CAN adapter of the built-in set
+    assert any(line.startswith("heat-1") and "energy=" in line for line in out.splitlines())
+    assert any(line.startswith("elec-1") and "voltage_l1=" in line for line in out.splitlines())
+    assert any(line.startswith("truck-1") and "CoolantTemp=" in line for line in out.splitlines())
 
 
 def test_demo_falls_back_to_its_embedded_broker():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import runtime
+from edge_agent.supervision import device as supervision
 from edge_agent_simulators.modbus import PtyEndpoint
 from tests.helpers import SimulatorThread, wait_until
 from tests.inprocess import AgentThread
@@ -61,9 +61,9 @@ def test_unplugged_device_goes_disconnected_and_comes_back_by_itself(
     unplugged_at = time.monotonic()
     _point_link(by_id, running.handle.path)
     subscriber.wait_for("n1/meter/status", where=lambda m: m["state"] == "connected", count=2,
-                        timeout=runtime.RECONNECT_MAX_DELAY + 5)
+                        timeout=supervision.RECONNECT_MAX_DELAY + 5)
     after = subscriber.wait_for("n1/meter/telemetry", count=before + 2)
-    assert time.monotonic() - unplugged_at < runtime.RECONNECT_MAX_DELAY + 5
+    assert time.monotonic() - unplugged_at < supervision.RECONNECT_MAX_DELAY + 5
     seqs = [m["seq"] for m in after]
     assert seqs == list(range(1, len(seqs) + 1))  # no gap across the replug
     assert agent.stop() == 0
@@ -72,20 +72,20 @@ def test_unplugged_device_goes_disconnected_and_comes_back_by_itself(
 def test_a_port_added_event_wakes_a_waiting_device_at_once(
         mosquitto, meter, tmp_path, monkeypatch):
     # A backoff so long that only the wake-up can explain a quick reconnect.
-    monkeypatch.setattr(runtime, "RECONNECT_INITIAL_DELAY", 60.0)
-    monkeypatch.setattr(runtime, "RECONNECT_MAX_DELAY", 60.0)
+    monkeypatch.setattr(supervision, "RECONNECT_INITIAL_DELAY", 60.0)
+    monkeypatch.setattr(supervision, "RECONNECT_MAX_DELAY", 60.0)
     by_id = tmp_path / "usb-meter"
     config = _config(meter, mosquitto.url, by_id)
     config["devices"][0]["interval"] = 60.0  # the first retry would be 30..60 s away
     agent = AgentThread(config).start()
     try:
-        runner = agent.agent.runners["meter"]
+        runner = agent.agent.supervisor.runners["meter"]
         wait_until(lambda: runner.state.state == "disconnected" and runner.state.error,
                    what="the absent port is reported")
         assert runner.state.error.startswith("cannot open")
         _point_link(by_id, meter.by_name("meter").handle.path)
         plugged = time.monotonic()
-        agent.call(agent.agent.on_port_added)  # what a udev 'add' event calls
+        agent.call(agent.agent.supervisor.on_port_added)  # what a udev 'add' event calls
         wait_until(lambda: runner.state.state == "connected", timeout=5, what="reconnected")
         assert time.monotonic() - plugged < 5
     finally:
@@ -93,4 +93,4 @@ def test_a_port_added_event_wakes_a_waiting_device_at_once(
 
 
 def test_device_reconnect_backoff_is_capped_for_quick_replug():
-    assert runtime.RECONNECT_MAX_DELAY <= 5.0
+    assert supervision.RECONNECT_MAX_DELAY <= 5.0

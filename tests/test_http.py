@@ -63,8 +63,9 @@ def test_status_page_shows_devices_states_last_values_and_escapes_text(
     config["devices"].append({"name": "gone", "driver": "modbus", "port": "/nonexistent/<b>tty",
                               "points": [{"name": "x", "address": 0}]})
     agent = agents(config)
-    wait_until(lambda: agent.agent.runners["boiler-1"].state.readings > 0, what="readings")
-    wait_until(lambda: agent.agent.runners["gone"].state.error, what="gone fails")
+    runners = agent.agent.supervisor.runners
+    wait_until(lambda: runners["boiler-1"].state.readings > 0, what="readings")
+    wait_until(lambda: runners["gone"].state.error, what="gone fails")
 
     status, page = agent.get("/")
     assert status == 200
@@ -117,10 +118,9 @@ def _get_or_none(url: str) -> int | None:
 def test_status_page_survives_json_in_last_values(mosquitto, agents):
     """A string value with markup and quotes comes out as text."""
     agent = agents({"mqtt": {"url": mosquitto.url}})
-    from edge_agent import status_page
+    from edge_agent.ops import status_page
 
-    snap = agent.call(lambda: __import__("edge_agent.snapshot", fromlist=["take"]).take(
-        agent.agent))
+    snap = agent.call(agent.agent.snapshot)
     snap["devices"] = [{"name": "d", "driver": "x", "port": None, "state": "error",
                         "error": None, "readings": 1, "errors": {},
                         "last_values": [{"metric": "label", "value": '<i>"x"</i>',

@@ -123,7 +123,7 @@ def test_buffer_drops_are_counted_when_max_bytes_is_reached(agent_thread):
     payload_rows = 400  # ~200 bytes each: well past 64 KiB
 
     def fill() -> None:
-        outbox = agent.agent.outbox
+        outbox = agent.agent.delivery.outbox
         for seq in range(1, payload_rows + 1):
             outbox.append("d", seq, "t", b"x" * 200)
         outbox.flush()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from edge_agent.backoff import Backoff
-from edge_agent.runtime import PHASE_GROUP, poll_phase
+from edge_agent.supervision.device import PHASE_GROUP, poll_phase
 from tests.helpers import SimulatorThread, Subscriber, wait_until
 from tests.inprocess import AgentThread, sample_value
 
@@ -63,7 +63,8 @@ def test_an_unreachable_device_is_retried_at_growing_intervals(mosquitto):
         attempts: list[float] = []  # when each failed connect was counted
 
         def five_attempts() -> bool:
-            count = agent.call(lambda: sum(agent.agent.runners["gone"].state.errors.values()))
+            count = agent.call(
+                lambda: sum(agent.agent.supervisor.runners["gone"].state.errors.values()))
             while len(attempts) < count:
                 attempts.append(time.monotonic())
             return count >= 5
@@ -72,7 +73,7 @@ def test_an_unreachable_device_is_retried_at_growing_intervals(mosquitto):
         # backoff from 0.1 s doubling with jitter in [ceiling/2, ceiling]: 0.05-0.1, ...,
         # 0.4-0.8 s; the fourth wait is always longer than the first
         assert gaps[3] > gaps[0] and gaps[3] >= 0.3, gaps
-        state = agent.call(lambda: agent.agent.runners["gone"].state.state)
+        state = agent.call(lambda: agent.agent.supervisor.runners["gone"].state.state)
         assert state == "disconnected"
     finally:
         agent.stop()

@@ -18,15 +18,16 @@ import pytest
 
 from edge_agent.config import MqttConfig
 from edge_agent.model import PointSpec, now_ms
-from edge_agent.mqtt import MqttPublisher
 from edge_agent.outbox import MemoryOutbox
-from edge_agent.sparkplug import codec
-from edge_agent.sparkplug.codec import MetricDef, Reading
-from edge_agent.sparkplug.session import BdSeqStore, DeviceView, SparkplugSession
+from edge_agent.outputs.base import FixedView
+from edge_agent.outputs.sparkplug import codec
+from edge_agent.outputs.sparkplug.codec import MetricDef, Reading
+from edge_agent.outputs.sparkplug.session import BdSeqStore, SparkplugSession
+from edge_agent.transport.mqtt import MqttPublisher
 from tests.helpers import Subscriber, run_cli, wait_until
 from tests.test_sparkplug_decoder import DATATYPES, decode, signed
 
-PACKAGE = Path(__file__).resolve().parents[1] / "edge_agent" / "sparkplug"
+PACKAGE = Path(__file__).resolve().parents[1] / "edge_agent" / "outputs" / "sparkplug"
 
 
 def test_committed_generated_module_matches_the_proto(tmp_path):
@@ -123,12 +124,13 @@ def test_seq_wraps_from_255_to_0_across_births_and_ddata(mosquitto):
 
 async def _publish_rows(url: str, count: int) -> int:
     outbox = MemoryOutbox(1 << 24)
-    publisher = MqttPublisher(MqttConfig(url=url), "sp-seq-test", outbox, ("x/status", b"{}"))
-    state = SimpleNamespace(state="connected", last_values={})
-    view = DeviceView("dev", [PointSpec("n")], {"n": "uint32"}, state)
-    session = SparkplugSession(publisher=publisher, group="g", node="n1",
-                               devices=lambda: [view])
-    session.attach()
+    view = FixedView("dev", "connected", points={"n": PointSpec("n")},
+                     point_types={"n": "uint32"})
+    directory = SimpleNamespace(views=lambda: [view], view={"dev": view}.get)
+    link = _LateLink()
+    session = SparkplugSession(link=link, group="g", node="n1", devices=directory)
+    publisher = link.publisher = MqttPublisher(MqttConfig(url=url), "sp-seq-test", outbox,
+                                               session)
     task = asyncio.create_task(publisher.run())
     await asyncio.wait_for(publisher.connected.wait(), 10)
     for i in range(count):
@@ -139,6 +141,15 @@ async def _publish_rows(url: str, count: int) -> int:
     await publisher.stop(None)
     task.cancel()
     return count + 2
+
+
+class _LateLink:
+    """The session's link to a publisher that is made after it (as `Delivery` does)."""
+
+    publisher: MqttPublisher
+
+    def __getattr__(self, name):
+        return getattr(self.publisher, name)
 
 
 def test_check_config_refuses_a_primary_host_id_with_topic_characters(tmp_path):

@@ -6,7 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.decode import register_count
+from edge_agent_simulators.can.slcan import start_slcan
+from edge_agent_simulators.iec62056 import start_iec62056
 from edge_agent_simulators.line import start_csv_sensor, start_scale
+from edge_agent_simulators.mbus import start_mbus
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
 from edge_agent_simulators.spec import DeviceSpec, SimSpec
@@ -60,8 +64,8 @@ def _points(spec: DeviceSpec, unit_id: int) -> list[dict[str, Any]]:
         for r in u.registers:
             point: dict[str, Any] = {"name": r.name, "table": r.table, "address": r.address,
                                      "type": r.type}
-            if r.order != "ABCD":
-                point["order"] = r.order
+            if r.type != "string" and register_count(r.type) > 1:
+                point["order"] = r.order  # explicit wherever a word order matters
             if r.type == "string":
                 point["length"] = r.length
             if r.scale != 1.0:
@@ -111,6 +115,9 @@ STARTERS: dict[str, Starter] = {
     "scale": start_scale,
     "csv-sensor": start_csv_sensor,
     "usb": start_usb,
+    "iec62056": start_iec62056,
+    "slcan": start_slcan,
+    "mbus": start_mbus,
 }
 
 

@@ -115,7 +115,8 @@ def test_dropped_sentences_are_counted_by_kind_in_metrics(mosquitto):
             return sample_value(agent.metrics(), "edge_agent_read_errors_total",
                                 device="gps-1", kind="checksum") or 0
         wait_until(lambda: checksum_errors() >= 3, timeout=20, what="checksum errors in /metrics")
-        counted = agent.call(lambda: agent.agent.runners["gps-1"].driver.counters["checksum"])
+        runners = agent.agent.supervisor.runners
+        counted = agent.call(lambda: runners["gps-1"].driver.counters["checksum"])
         assert counted >= checksum_errors() >= 3  # one counter, read at scrape time
     finally:
         if agent is not None:

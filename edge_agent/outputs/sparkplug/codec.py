@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from edge_agent.model import BAD, GOOD
-from edge_agent.sparkplug import sparkplug_b_pb2 as pb
+from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
 
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
@@ -35,7 +35,7 @@ POINT_TYPES: dict[str, int] = {
 }
 INTEGER_TYPES = frozenset({pb.Int8, pb.UInt8, pb.Int16, pb.UInt16, pb.Int32, pb.UInt32,
                            pb.Int64, pb.UInt64})
-_SIGNED_BITS = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32, pb.Int64: 64}
+_SIGNED_BITS: dict[int, int] = {pb.Int8: 8, pb.Int16: 16, pb.Int32: 32, pb.Int64: 64}
 
 
 class MetricDef(NamedTuple):

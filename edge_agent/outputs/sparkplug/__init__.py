@@ -2,5 +2,5 @@
 
 `codec` builds payloads from the project's `sparkplug_b.proto` (generated `sparkplug_b_pb2`),
 `session` runs the edge node's rules (births, deaths, seq, bdSeq, aliases, commands, STATE),
-`bridge` attaches a session to the running agent. See docs/sparkplug.md.
+`output` makes a session the agent's `Output` from the config. See docs/sparkplug.md.
 """

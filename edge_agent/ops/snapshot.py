@@ -1,22 +1,21 @@
 """What the agent knows about itself, as plain data: read by /metrics, /readyz and /.
 
 The snapshot is taken on the event loop (the HTTP server runs in a thread of its own), so
-the outbox's SQLite connection and the runtime's dicts are only ever touched from the loop,
-and a scrape never sees a half-updated counter.
+the outbox's SQLite connection and the runners' dicts are only ever touched from the loop,
+and a scrape never sees a half-updated counter. It reads delivery and the devices through
+narrow read-only protocols, never the agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from edge_agent import __version__
-
-if TYPE_CHECKING:
-    from edge_agent.runtime import Agent, DeviceRunner
+from edge_agent.outbox import Outbox
 
 T = TypeVar("T")
 
@@ -55,44 +54,48 @@ def call_in_loop(loop: asyncio.AbstractEventLoop | None, func: Callable[[], T],
         return None
 
 
-def take(agent: Agent) -> dict[str, Any]:
-    publisher, outbox = agent.publisher, agent.outbox
+class DeliveryState(Protocol):
+    """What the snapshot reads of delivery (`edge_agent.delivery.Delivery`)."""
+
+    outbox: Outbox
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    def is_connected(self) -> bool: ...
+
+    def published_total(self) -> int: ...
+
+
+class DeviceReport(Protocol):
+    """A device that reports its figures as plain data (a supervised device runner)."""
+
+    def report(self) -> dict[str, Any]: ...
+
+
+def take(*, node: str, broker_urls: list[str], durable: bool,
+         delivery: DeliveryState | None, devices: Iterable[DeviceReport],
+         reload: Mapping[str, Any]) -> dict[str, Any]:
+    """The agent's state as plain data; call on the event loop."""
+    outbox = delivery.outbox if delivery is not None else None
     return {
-        "node": agent.node,
+        "node": node,
         "version": __version__,
         "broker": {
-            "connected": bool(publisher is not None and publisher.connected.is_set()),
-            "urls": [_without_password(url) for url in agent.config.mqtt.urls],
-            "error": publisher.last_error if publisher is not None else None,
+            "connected": bool(delivery is not None and delivery.is_connected()),
+            "urls": [_without_password(url) for url in broker_urls],
+            "error": delivery.last_error if delivery is not None else None,
         },
-        "published": agent.published_total(),
+        "published": delivery.published_total() if delivery is not None else 0,
         "buffer": {
             "depth": outbox.depth() if outbox is not None else 0,
             "bytes": outbox.size_bytes() if outbox is not None else 0,
             "dropped": getattr(outbox, "dropped", 0),
             "degraded": getattr(outbox, "degraded", None),  # why it cannot write, or None
-            "durable": agent.config.buffer.path is not None,
+            "durable": durable,
         },
-        "reload": dict(agent.reload_stats),
-        "devices": [_device(runner) for runner in agent.runners.values()],
-    }
-
-
-def _device(runner: DeviceRunner) -> dict[str, Any]:
-    state = runner.state
-    return {
-        "name": state.name,
-        "driver": runner.config.driver,
-        "port": runner.config.port,
-        "state": state.state,
-        "error": state.error,
-        "readings": state.readings,
-        "polls": state.polls,
-        "skipped_ticks": state.skipped_ticks,
-        "suppressed": runner.normalizer.suppressed,
-        "errors": dict(state.errors),
-        "writes": dict(runner.writes),
-        "last_values": list(state.last_values.values()),
+        "reload": dict(reload),
+        "devices": [device.report() for device in devices],
     }
 
 

@@ -18,6 +18,9 @@ Design, and why:
   the broker's acknowledgement rate and new readings queue behind it on disk. That is the
   only policy that keeps the contract's "in order per device"; polling itself never waits
   for the broker (see docs/delivery.md for the figures).
+- The publisher knows no payload format: the will, the subscriptions, what to publish on
+  connect and how an outbox row becomes a message are the `Wire`'s (an output of
+  `edge_agent.outputs`); commands arriving go to `on_message` untouched.
 - Broker URLs are tried in order; a round that fails everywhere waits with exponential
   backoff and jitter; after a lost connection the next round starts again at the first URL.
 """
@@ -41,6 +44,7 @@ from edge_agent import logs
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
+from edge_agent.transport.base import Message, Wire
 
 #: extra paho in-flight slots for retained status messages, so they never wait on telemetry
 STATE_HEADROOM = 16
@@ -70,23 +74,29 @@ class _Session:
         self.rejected = 0
 
 
+#: (topic, payload, retained) of a message the broker delivered to a subscription
+MessageHandler = Callable[[str, bytes, bool], None]
+#: outbox ids the broker acknowledged, on the event loop
+AckHandler = Callable[[list[int]], None]
+
+
 class MqttPublisher:
-    def __init__(self, config: MqttConfig, client_id: str, outbox: Outbox,
-                 will: tuple[str, bytes]) -> None:
+    """Pumps the outbox to the broker through `wire`, and reconnects until stopped.
+
+    Implements `edge_agent.transport.base.Link` for the output it carries.
+    """
+
+    def __init__(self, config: MqttConfig, client_id: str, outbox: Outbox, wire: Wire, *,
+                 on_message: MessageHandler | None = None,
+                 on_acked: AckHandler | None = None) -> None:
         self.config = config
         self.client_id = client_id
         self.outbox = outbox
-        self.will = will
+        self.wire = wire
         self.log = logs.get("edge_agent.mqtt")
         self.connected = asyncio.Event()
-        self.on_connected: list[Callable[[], None]] = []
-        self.on_message: Callable[[str, bytes], None] | None = None
-        #: called on the event loop with the outbox ids the broker acknowledged (latency)
-        self.on_acked: list[Callable[[list[int]], None]] = []
-        self.subscriptions: list[str] = []
-        #: Sparkplug session (edge_agent.sparkplug): gives each connection its will and
-        #: encodes outbox rows at publish time; None publishes rows as stored (JSON)
-        self.encoder: Any = None
+        self.on_message = on_message
+        self.on_acked = on_acked
         self.published = 0
         self.rejected = 0  # MQTT 5 PUBACKs with a failure reason: the broker will not take it
         self.last_error: str | None = None
@@ -111,10 +121,8 @@ class MqttPublisher:
                                  protocol=paho.MQTTv311, clean_session=True)
         client.max_inflight_messages_set(cfg.inflight + STATE_HEADROOM)
         client.max_queued_messages_set(0)
-        if self.encoder is not None:  # Sparkplug NDEATH: a new bdSeq per connection
-            client.will_set(*self.encoder.will(), qos=1, retain=False)
-        else:
-            client.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        will = self.wire.will()  # asked per connection: Sparkplug's carries a new bdSeq
+        client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         if cfg.username:
             client.username_pw_set(cfg.username, self._password())
         if tls:
@@ -172,10 +180,11 @@ class MqttPublisher:
             self._call_soon(self._drain_acks)
 
     def _on_message_thread(self, client, userdata, message) -> None:
-        # A retained JSON `set` is a stale command left on the broker: never act on it.
-        # (Sparkplug STATE is retained by design and must get through.)
-        if self.on_message is not None and not (message.retain and "/set/" in message.topic):
-            self._call_soon(self.on_message, message.topic, message.payload)
+        # Whether a retained message counts (a stale command, or a host's STATE) is the
+        # output's to decide: it gets the flag.
+        if self.on_message is not None:
+            self._call_soon(self.on_message, message.topic, message.payload,
+                            bool(message.retain))
 
     def _on_log(self, client, session, level, text) -> None:
         if level == paho.MQTT_LOG_ERR:
@@ -279,8 +288,8 @@ class MqttPublisher:
         if ids:
             self.outbox.ack(ids)
             self.published += len(ids)
-            for callback in self.on_acked:
-                callback(ids)
+            if self.on_acked is not None:
+                self.on_acked(ids)
             if not self.outbox.depth():
                 self._emptied.set()
         self.pump()
@@ -294,41 +303,27 @@ class MqttPublisher:
             self.log.error("mqtt_publish_rejected", url=session.url, reason=str(reason))
 
     def pump(self) -> None:
-        """Hands outbox messages to paho while the in-flight window has room."""
-        session = self._session
-        if session is None or not self.connected.is_set():
-            return
-        room = self.config.inflight - len(session.inflight)
-        if room <= 0:
-            return
-        if self.encoder is not None:
-            self._pump_encoded(session)
-            return
-        qos = self.config.qos
-        publish = session.client.publish
-        inflight = session.inflight
-        for row in self.outbox.fetch(session.cursor, room):
-            inflight[publish(row.topic, row.payload, qos=qos).mid] = row.id
-            session.cursor = row.id
-        self._flush(session)
+        """Hands outbox rows to paho while the in-flight window has room.
 
-    def _pump_encoded(self, session: _Session) -> None:
-        """Sparkplug: rows are encoded as they are handed to paho, because seq belongs to
-        the connection. A row that encodes to nothing (no change to report) leaves at once."""
-        encoder = self.encoder
-        if not encoder.ready:  # births not yet published (e.g. waiting for the primary host)
+        Rows are encoded by the wire as they are handed over (Sparkplug's seq belongs to the
+        connection). A row that encodes to nothing (no change to report) leaves at once.
+        """
+        session = self._session
+        if session is None or not self.connected.is_set() or not self.wire.ready():
             return
+        encode = self.wire.encode
         publish, inflight = session.client.publish, session.inflight
         while (room := self.config.inflight - len(inflight)) > 0:
             rows = self.outbox.fetch(session.cursor, room)
             skipped = []
             for row in rows:
                 session.cursor = row.id
-                message = encoder.encode(row)
+                message = encode(row)
                 if message is None:
                     skipped.append(row.id)
                 else:
-                    inflight[publish(message[0], message[1], qos=message[2]).mid] = row.id
+                    topic, payload, qos, retain = message
+                    inflight[publish(topic, payload, qos, retain).mid] = row.id
             self._flush(session)
             if skipped:
                 self.outbox.ack(skipped)
@@ -344,21 +339,20 @@ class MqttPublisher:
             session.client.disconnect()
             self._flush(session)
 
-    def publish_state(self, topic: str, payload: bytes) -> paho.MQTTMessageInfo | None:
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
+
+    def publish_state(self, topic: str, payload: bytes) -> None:
         """Publishes a retained state message (statuses); dropped while disconnected, since
         the current state is republished on every connect."""
-        session = self._session
-        if session is None or not self.connected.is_set():
-            return None
-        info = session.client.publish(topic, payload, qos=1, retain=True)
-        self._flush(session)
-        return info
+        self.publish_now(Message(topic, payload, qos=1, retain=True))
 
-    def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publishes a message outside the outbox (command results), if connected."""
+    def publish_now(self, message: Message) -> None:
+        """Publishes a message outside the outbox (births, command results), if connected."""
         session = self._session
         if session is not None and self.connected.is_set():
-            session.client.publish(topic, payload, qos=qos)
+            session.client.publish(message.topic, message.payload, qos=message.qos,
+                                   retain=message.retain)
             self._flush(session)
 
     async def run(self) -> None:
@@ -415,12 +409,11 @@ class MqttPublisher:
         self.last_error = None
         self.log.info("mqtt_connected", url=url, protocol=self.config.protocol,
                       backlog=self.outbox.depth())
-        for topic in self.subscriptions:
+        for topic in self.wire.subscriptions():
             client.subscribe(topic, qos=1)
         self._flush(session)
         self.connected.set()
-        for callback in self.on_connected:
-            callback()
+        self.wire.on_connected()
         self.pump()
         await session.ended.wait()
         self.connected.clear()
@@ -454,16 +447,18 @@ class MqttPublisher:
                 await asyncio.wait_for(self._emptied.wait(), timeout)
         return not self.outbox.depth()
 
-    async def stop(self, final: tuple[str, bytes] | None) -> None:
-        """Publishes the final (offline) state if connected, then disconnects cleanly (so
-        the broker does not send the will). Unacknowledged messages stay in the outbox."""
+    async def stop(self, final: Message | None) -> None:
+        """Publishes `final` (the output's goodbye: offline status, NDEATH) if connected and
+        waits for its acknowledgement, then disconnects cleanly (so the broker does not send
+        the will). Unacknowledged messages stay in the outbox."""
         self._stopping = True
         self._stop_event.set()
         session = self._session
         if session is None:
             return
         if self.connected.is_set() and final is not None:
-            info = session.client.publish(final[0], final[1], qos=1, retain=True)
+            info = session.client.publish(final.topic, final.payload, qos=final.qos,
+                                          retain=final.retain)
             self._flush(session)
             with contextlib.suppress(ValueError, RuntimeError):
                 # the PUBACK is read by this loop while the executor thread waits for it

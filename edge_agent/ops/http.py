@@ -2,7 +2,7 @@
 
 The standard library's threading server in a daemon thread: no web framework, and a slow
 scrape or a stuck client never blocks the event loop. Handlers never touch runtime state
-directly; they ask the loop for a snapshot (`edge_agent.snapshot.call_in_loop`), which is
+directly; they ask the loop for a snapshot (`edge_agent.ops.snapshot.call_in_loop`), which is
 also what makes /healthz honest: it answers 200 only if the loop itself answered.
 """
 
@@ -16,7 +16,9 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from edge_agent import logs, status_page
+from edge_agent import logs
+from edge_agent.ops import status_page
+from edge_agent.ops.readiness import problems as readiness_problems
 
 Snapshot = Callable[[], dict[str, Any] | None]
 
@@ -76,16 +78,7 @@ class HttpServer:
         return 404, "text/plain; charset=utf-8", b"not found: try /, /healthz, /readyz, /metrics\n"
 
     def _ready(self) -> tuple[int, str, bytes]:
-        snap = self.snapshot()
-        if snap is None:
-            problems = ["event loop not responding"]
-        else:
-            problems = []
-            if not snap["broker"]["connected"]:
-                error = snap["broker"]["error"]
-                problems.append("not connected to the broker" + (f": {error}" if error else ""))
-            if snap["buffer"]["degraded"]:
-                problems.append(f"the buffer is not writable: {snap['buffer']['degraded']}")
+        problems = readiness_problems(self.snapshot())
         if problems:
             return 503, "text/plain; charset=utf-8", ("\n".join(problems) + "\n").encode()
         return 200, "text/plain; charset=utf-8", b"ready\n"

@@ -1,9 +1,9 @@
 """Notices serial and USB devices being plugged in, to reconnect waiting devices at once.
 
 Hotplug itself needs nothing from here: a device whose port vanished fails, goes to
-`disconnected` and retries on the runtime's reconnect backoff, which is capped at a few
-seconds (`edge_agent.runtime.RECONNECT_MAX_DELAY`), so a replugged device comes back by itself
-even without udev (in a container without /run/udev, say). Where pyudev and udev are
+`disconnected` and retries on its runner's reconnect backoff, which is capped at a few
+seconds (`edge_agent.supervision.device.RECONNECT_MAX_DELAY`), so a replugged device comes
+back by itself even without udev (in a container without /run/udev, say). Where pyudev and udev are
 available, an `add` event on the tty or usb subsystem wakes every waiting device right away.
 
 pyudev is optional: without it (or without a udev netlink socket) the periodic retry is all.

@@ -1,44 +1,40 @@
 """The Sparkplug B edge node session: births, deaths, seq, bdSeq, aliases, commands, STATE.
 
-The outbox keeps format-neutral telemetry (the JSON of `format: json`), because Sparkplug's
-seq belongs to an MQTT session and `is_historical` depends on when a value is published, not
-when it was read. The publisher therefore asks this session to `encode` each outbox row as it
-hands it to paho; the session turns it into a DDATA with the current seq and aliases.
+The session is the format's `Output` (`edge_agent.outputs.base`). The outbox keeps
+format-neutral telemetry (the JSON of `format: json`), because Sparkplug's seq belongs to an
+MQTT session and `is_historical` depends on when a value is published, not when it was read.
+The transport therefore asks this session to `encode` each outbox row as it hands it over;
+the session turns it into a DDATA with the current seq and aliases. The readings of rows
+stored by this process are kept until then (`_fresh`, bounded), so only rows from before a
+restart or a reconnect's replay are parsed back from their JSON.
 
-Everything here runs on the event loop thread: paho callbacks reach it through the publisher.
+Everything here runs on the event loop thread: paho callbacks reach it through the transport.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__, logs
-from edge_agent.model import GOOD, PointSpec, now_ms
+from edge_agent.downlink import WriteRequest, WriteResult
+from edge_agent.model import GOOD, now_ms
 from edge_agent.outbox import Row
-from edge_agent.sparkplug import codec
-from edge_agent.sparkplug import sparkplug_b_pb2 as pb
-from edge_agent.sparkplug.codec import MetricDef, Reading
+from edge_agent.outputs.base import DeviceDirectory, DeviceView, FixedView, ReadingDict
+from edge_agent.outputs.json import JsonTopics
+from edge_agent.outputs.sparkplug import codec
+from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
+from edge_agent.outputs.sparkplug.codec import MetricDef, Reading
+from edge_agent.transport.base import Link, Message
 
-#: (device, metric, value) -> awaitable that raises when the write is refused or fails
-WriteFunc = Callable[[str, str, Any], Awaitable[Any]]
-
-
-@dataclass
-class DeviceView:
-    """What the session needs to know of one configured device."""
-
-    name: str
-    points: list[PointSpec] = field(default_factory=list)
-    point_types: dict[str, str] = field(default_factory=dict)
-    #: the runtime's live state: `.state` ("connected", ...) and `.last_values`
-    state: Any = None
+#: readings kept for rows not yet encoded (while live: they leave within milliseconds);
+#: beyond this the oldest are parsed back from their JSON, like rows from before a restart
+FRESH_ROWS = 1024
 
 
 @dataclass
@@ -56,8 +52,7 @@ class _Device:
     birth_ts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.heartbeats = frozenset(p.name for p in self.view.points
-                                    if getattr(p, "heartbeat", None))
+        self.heartbeats = frozenset(p.name for p in self.view.points.values() if p.heartbeat)
 
 
 class BdSeqStore:
@@ -87,21 +82,27 @@ def state_path_for(buffer_path: Path | None) -> Path | None:
 
 
 class SparkplugSession:
-    """One Sparkplug edge node with its devices, driven by an `MqttPublisher`."""
+    """One Sparkplug edge node with its devices, publishing through a `Link`.
 
-    def __init__(self, *, publisher: Any, group: str, node: str,
-                 devices: Callable[[], list[DeviceView]],
+    `telemetry_topics` names the format-neutral rows it stores (the JSON topics), so that a
+    backlog still goes out if the agent restarts with `format: json`.
+    """
+
+    def __init__(self, *, link: Link, group: str, node: str, devices: DeviceDirectory,
+                 telemetry_topics: JsonTopics | None = None,
                  primary_host: str | None = None, state_path: Path | None = None,
-                 write: WriteFunc | None = None, data_qos: int = 1) -> None:
-        self.publisher = publisher
+                 data_qos: int = 1) -> None:
+        self.link = link
         self.group, self.node = group, node
         self.primary_host = primary_host
-        self.write = write
         self.data_qos = data_qos
         self.log = logs.get("edge_agent.sparkplug", node=node, group=group)
         self.bd_store = BdSeqStore(state_path)
         self.bd_seq = self.bd_store.next
-        self.ready = False  # births published in this MQTT session: DDATA may flow
+        self.rows = telemetry_topics or JsonTopics("spBv1.0", node)
+        self._row_topics: dict[str, str] = {}
+        self._fresh: dict[tuple[str, int], list[ReadingDict]] = {}
+        self.live = False  # births published in this MQTT session: DDATA may flow
         self.births = 0
         self.historical_sent = 0
         self.commands_refused = 0
@@ -111,33 +112,31 @@ class SparkplugSession:
         self._host_ts = -1  # newest STATE timestamp seen; older ones are ignored
         self._next_alias = 1
         self._aliases: dict[str, int] = {}
-        self._views = devices
+        self.directory = devices
         self._devices: dict[str, _Device] = {}
         for name in (codec.BDSEQ, codec.REBIRTH, codec.VERSION):
             self._aliases[name] = self._alias()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.ndata_topic = codec.topic(group, "NDATA", node)
         self._ncmd = codec.topic(group, "NCMD", node)
         self._dcmd_prefix = codec.topic(group, "DCMD", node) + "/"
         self._state_topic = codec.state_topic(primary_host) if primary_host else None
 
-    # -- wiring --------------------------------------------------------------------------
-    def attach(self) -> None:
-        """Installs this session into the publisher (before it runs)."""
-        publisher = self.publisher
-        publisher.encoder = self
-        publisher.subscriptions.extend([self._ncmd, self._dcmd_prefix + "+"])
+    # -- the transport's side (Wire) -----------------------------------------------------
+    def subscriptions(self) -> Sequence[str]:
+        topics = [self._ncmd, self._dcmd_prefix + "+"]
         if self._state_topic:
-            publisher.subscriptions.append(self._state_topic)
-        publisher.on_connected.append(self.on_connected)
-        publisher.on_message = self.on_message
+            topics.append(self._state_topic)
+        return topics
 
-    def will(self) -> tuple[str, bytes]:
+    def ready(self) -> bool:
+        return self.live
+
+    def will(self) -> Message:
         """The NDEATH for the next connection attempt, carrying the bdSeq its NBIRTH will."""
-        self.ready = False
+        self.live = False
         self.bd_seq = self.bd_store.next
-        return codec.topic(self.group, "NDEATH", self.node), codec.node_death(now_ms(),
-                                                                               self.bd_seq)
+        return Message(codec.topic(self.group, "NDEATH", self.node),
+                       codec.node_death(now_ms(), self.bd_seq), qos=1)
 
     # -- devices, aliases and metric definitions -----------------------------------------
     def _device(self, view: DeviceView) -> _Device:
@@ -149,12 +148,12 @@ class SparkplugSession:
             device = self._devices[view.name] = _Device(view)
             if old is not None:
                 device.born, device.alive = old.born, old.alive
-            for point in view.points:
+            for point in view.points.values():
                 self._define(device, point.name, None)
         return device
 
     def _lookup(self, name: str) -> _Device | None:
-        view = next((v for v in self._views() if v.name == name), None)
+        view = self.directory.view(name)
         if view is not None:
             return self._device(view)
         return self._devices.get(name)
@@ -166,7 +165,7 @@ class SparkplugSession:
 
     def _define(self, device: _Device, metric: str, sample: Any) -> MetricDef:
         """Defines a metric once per process: its alias stays stable across rebirths."""
-        spec = next((p for p in device.view.points if p.name == metric), None)
+        spec = device.view.points.get(metric)
         scaled = spec is not None and (spec.scale != 1 or spec.offset != 0)
         datatype = codec.datatype_for(device.view.point_types.get(metric), scaled, sample)
         key = f"{device.view.name}\x00{metric}"
@@ -191,7 +190,7 @@ class SparkplugSession:
     # -- births and deaths ---------------------------------------------------------------
     def on_connected(self) -> None:
         self.bd_store.advance(self.bd_seq)  # this bdSeq is spent, whatever happens next
-        self.ready = False
+        self.live = False
         for device in self._devices.values():
             device.born = device.alive = False
         if self.primary_host is None:
@@ -204,42 +203,51 @@ class SparkplugSession:
         ts = now_ms()
         self._seq = 0
         self._live_since = ts
-        publish = self.publisher.publish_now
-        publish(codec.topic(self.group, "NBIRTH", self.node),
-                codec.node_birth(ts, self.bd_seq, __version__, self._aliases), qos=0)
+        self.link.publish_now(Message(codec.topic(self.group, "NBIRTH", self.node),
+                                      codec.node_birth(ts, self.bd_seq, __version__,
+                                                       self._aliases), qos=0))
         for device in self._devices.values():
             device.born = device.alive = False
-        for view in self._views():
-            if view.state is not None and view.state.state == "connected":
+        for view in self.directory.views():
+            if view.status == "connected":
                 self._device_birth(self._device(view), ts)
-        self.ready = True
+        self.live = True
         self.births += 1
         self.log.info("sparkplug_birth", bd_seq=self.bd_seq,
                       devices=sum(d.born for d in self._devices.values()))
 
     def _device_birth(self, device: _Device, ts: int) -> None:
-        last = getattr(device.view.state, "last_values", None) or {}
+        last = device.view.last_values
         for metric, reading in last.items():
             if self._undefined(device, metric):
                 self._define(device, metric, reading.get("value"))
-        metrics = []
+        metrics: list[tuple[MetricDef, Reading | None]] = []
         device.last_sent, device.birth_ts = {}, {}
         for name, spec in device.metrics.items():
-            reading = last.get(name)
-            if reading is None:
+            known = last.get(name)
+            if known is None:
                 metrics.append((spec, None))
                 continue
+            reading = known
             quality = reading.get("quality", GOOD)
             metrics.append((spec, Reading(reading.get("value"), reading.get("ts", ts), quality)))
             device.last_sent[name] = (reading.get("value"), quality)
             device.birth_ts[name] = reading.get("ts", ts)
-        self.publisher.publish_now(codec.topic(self.group, "DBIRTH", self.node, device.view.name),
-                                   codec.device_birth(ts, self._next_seq(), metrics), qos=0)
+        self.link.publish_now(Message(
+            codec.topic(self.group, "DBIRTH", self.node, device.view.name),
+            codec.device_birth(ts, self._next_seq(), metrics), qos=0))
         device.born = device.alive = True
 
-    def device_status(self, name: str, state: str) -> None:
+    def device_status(self, device: DeviceView) -> None:
+        self._status(device.name, device.status)
+
+    def device_stopped(self, name: str, removed: bool) -> None:
+        """DDEATH whether removed or restarting: the host must not keep it alive."""
+        self._status(name, "removed")
+
+    def _status(self, name: str, state: str) -> None:
         """DDEATH when a born device drops out, a fresh DBIRTH when it comes back."""
-        if not self.ready:
+        if not self.live:
             return
         device = self._lookup(name)
         if device is None:
@@ -249,15 +257,28 @@ class SparkplugSession:
                 self._device_birth(device, now_ms())
         elif device.alive:
             device.alive = False
-            self.publisher.publish_now(codec.topic(self.group, "DDEATH", self.node, name),
-                                       codec.device_death(now_ms(), self._next_seq()), qos=0)
+            self.link.publish_now(Message(codec.topic(self.group, "DDEATH", self.node, name),
+                                          codec.device_death(now_ms(), self._next_seq()),
+                                          qos=0))
 
     def rebirth(self) -> None:
-        if self.ready:
+        if self.live:
             self.birth()
 
     # -- telemetry -----------------------------------------------------------------------
-    def encode(self, row: Row) -> tuple[str, bytes, int] | None:
+    def telemetry(self, device: str, seq: int, readings: list[ReadingDict]) -> tuple[str, bytes]:
+        """The format-neutral row to store; its readings are kept for `encode` (no parse)."""
+        if self.live:  # otherwise the row waits for a connection: not worth the memory
+            fresh = self._fresh
+            if len(fresh) >= FRESH_ROWS:  # a backlog, or rows a full buffer dropped
+                del fresh[next(iter(fresh))]
+            fresh[device, seq] = readings
+        topic = self._row_topics.get(device)
+        if topic is None:
+            topic = self._row_topics[device] = self.rows.telemetry(device)
+        return topic, self.rows.telemetry_payload(device, seq, readings)
+
+    def encode(self, row: Row) -> Message | None:
         """The DDATA for one outbox row, or None when nothing changed (report by exception).
 
         Values read before this session's births are historical: the host never saw them live.
@@ -271,22 +292,25 @@ class SparkplugSession:
                            error=repr(exc))
             return None
 
-    def _encode(self, row: Row) -> tuple[str, bytes, int] | None:
-        try:
-            readings = json.loads(row.payload)["readings"]
-        except (ValueError, KeyError, TypeError):
-            self.log.error("sparkplug_unreadable_row", device=row.device, id=row.id)
-            return None
+    def _encode(self, row: Row) -> Message | None:
+        readings = self._fresh.pop((row.device, row.seq), None)
+        if readings is None:  # stored before a restart, or replayed after a reconnect
+            try:
+                readings = json.loads(row.payload)["readings"]
+            except (ValueError, KeyError, TypeError):
+                self.log.error("sparkplug_unreadable_row", device=row.device, id=row.id)
+                return None
         device = self._devices.get(row.device) or self._lookup(row.device)
         if device is None:  # no longer configured, but its buffered data still goes out
-            device = self._device(DeviceView(row.device))
+            device = self._device(FixedView(row.device))
         new = [r for r in readings if self._undefined(device, r["metric"])]
         for reading in new:
             self._define(device, reading["metric"], reading.get("value"))
         if new or not device.born:
             self._device_birth(device, now_ms())  # the host must know an alias before its use
         live_since = self._live_since
-        metrics, flags = [], []
+        metrics: list[tuple[MetricDef, Reading]] = []
+        flags: list[bool] = []
         last_sent = device.last_sent
         for reading in readings:
             name, value = reading["metric"], reading.get("value")
@@ -305,17 +329,19 @@ class SparkplugSession:
         if flags[0]:
             self.historical_sent += 1
         payload = codec.device_data(now_ms(), self._next_seq(), metrics, flags)
-        return (codec.topic(self.group, "DDATA", self.node, row.device), payload,
-                self.data_qos)
+        return Message(codec.topic(self.group, "DDATA", self.node, row.device), payload,
+                       self.data_qos)
 
     # -- commands and host state ---------------------------------------------------------
-    def on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self._state_topic:
+    def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None:
+        """DCMD writes become a request; STATE and NCMD (Rebirth) are handled here."""
+        if topic == self._state_topic:  # retained by design: the flag is not looked at
             self._on_state(payload)
         elif topic == self._ncmd:
             self._on_ncmd(payload)
         elif topic.startswith(self._dcmd_prefix):
-            self._on_dcmd(topic[len(self._dcmd_prefix):], payload)
+            return self._on_dcmd(topic[len(self._dcmd_prefix):], payload)
+        return None
 
     def _on_state(self, data: bytes) -> None:
         """Sparkplug 3.0 STATE: JSON {"online": bool, "timestamp": ms}; stale ones ignored."""
@@ -331,22 +357,22 @@ class SparkplugSession:
             self.log.info("sparkplug_stale_state_ignored", online=online, timestamp=ts)
             return
         self._host_ts = ts
-        if online and not self.ready and self.publisher.connected.is_set():
+        if online and not self.live and self.link.is_connected():
             self.log.info("sparkplug_primary_host_online", host=self.primary_host)
             self.birth()
-            self.publisher.pump()
-        elif not online and self.ready:
+            self.link.pump()
+        elif not online and self.live:
             # the host cannot see us: end the session with a death certificate and start over,
             # so the births are published again once it is back
             self.log.warning("sparkplug_primary_host_offline", host=self.primary_host)
-            self.ready = False
-            self.publisher.publish_now(*self.will_now(), qos=1)
-            self.publisher.disconnect()
+            self.live = False
+            self.link.publish_now(self.will_now())
+            self.link.disconnect()
 
-    def will_now(self) -> tuple[str, bytes]:
+    def will_now(self) -> Message:
         """This connection's NDEATH, for an intentional disconnect."""
-        return (codec.topic(self.group, "NDEATH", self.node),
-                codec.node_death(now_ms(), self.bd_seq))
+        return Message(codec.topic(self.group, "NDEATH", self.node),
+                       codec.node_death(now_ms(), self.bd_seq), qos=1)
 
     def _on_ncmd(self, data: bytes) -> None:
         try:
@@ -362,25 +388,25 @@ class SparkplugSession:
             if named and metric.WhichOneof("value") == "boolean_value" and metric.boolean_value:
                 self.log.info("sparkplug_rebirth_requested")
                 self.rebirth()
-                self.publisher.pump()
+                self.link.pump()
                 return
         self.log.info("sparkplug_ncmd_ignored",
                       metrics=[m.name or m.alias for m in payload.metrics])
 
-    def _on_dcmd(self, device_name: str, data: bytes) -> None:
+    def _on_dcmd(self, device_name: str, data: bytes) -> WriteRequest | None:
         device = self._lookup(device_name)
         try:
             payload = codec.parse(data)
         except ValueError as exc:
             self.commands_refused += 1
             self.log.warning("sparkplug_bad_dcmd", device=device_name, error=str(exc))
-            return
-        if device is None or self.write is None:
+            return None
+        if device is None:
             self.commands_refused += 1
-            self.log.warning("sparkplug_dcmd_refused", device=device_name,
-                             error="unknown device" if device is None else "writes unsupported")
-            return
+            self.log.warning("sparkplug_dcmd_refused", device=device_name, error="unknown device")
+            return None
         by_alias = {m.alias: m for m in device.metrics.values()}
+        writes = []
         for metric in payload.metrics:
             spec = device.metrics.get(metric.name) if metric.name else by_alias.get(metric.alias)
             if spec is None:
@@ -388,25 +414,23 @@ class SparkplugSession:
                 self.log.warning("sparkplug_dcmd_unknown_metric", device=device_name,
                                  metric=metric.name or metric.alias)
                 continue
-            value = codec.metric_value(metric, spec.datatype)
-            task = asyncio.get_running_loop().create_task(
-                self._write(device_name, spec.name, value))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            writes.append((spec.name, codec.metric_value(metric, spec.datatype)))
+        if not writes:
+            return None
+        return WriteRequest(device_name, tuple(writes), request_id="sparkplug-dcmd")
 
-    async def _write(self, device: str, metric: str, value: Any) -> None:
-        try:
-            await self.write(device, metric, value)
-        except Exception as exc:
-            self.commands_refused += 1
-            self.log.warning("sparkplug_dcmd_failed", device=device, metric=metric,
-                             error=str(exc) or type(exc).__name__)
-        else:
-            self.log.info("sparkplug_dcmd_written", device=device, metric=metric)
+    def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None:
+        """DCMD has no reply topic: each write's outcome is logged and counted."""
+        for (metric, _), result in zip(request.writes, results, strict=True):
+            if result.ok:
+                self.log.info("sparkplug_dcmd_written", device=request.device, metric=metric)
+            else:
+                self.commands_refused += 1
+                self.log.warning("sparkplug_dcmd_failed", device=request.device, metric=metric,
+                                 error=result.error or "write failed")
 
     # -- shutdown ------------------------------------------------------------------------
-    def shutdown(self) -> None:
+    def shutdown(self) -> Message:
         """An intentional disconnect publishes its NDEATH first (the broker then drops the will)."""
-        if self.publisher.connected.is_set():
-            self.publisher.publish_now(*self.will_now(), qos=1)
-        self.ready = False
+        self.live = False
+        return self.will_now()

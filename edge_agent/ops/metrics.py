@@ -1,8 +1,8 @@
 """Prometheus metrics of one agent, in a registry of its own.
 
-The hot path does not touch prometheus objects per reading: counters the runtime keeps anyway
+The hot path does not touch prometheus objects per reading: counters the agent keeps anyway
 (readings, polls, errors by kind, buffer depth...) are read at scrape time by a custom
-collector from a snapshot taken on the event loop (see `edge_agent.snapshot`). Only the two
+collector from a snapshot taken on the event loop (see `edge_agent.ops.snapshot`). Only the two
 histograms are observed as things happen, once per poll and once per flushed batch.
 """
 
@@ -89,7 +89,7 @@ class _SnapshotCollector(Collector):
                      reload["last_ok"])
 
         devices = snap["devices"]
-        families = {
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "readings": CounterMetricFamily("edge_agent_readings", "Readings published",
                                             labels=["device"]),
             "suppressed": CounterMetricFamily(

@@ -1,0 +1,1 @@
+"""IEC 62056-21 (optical port, mode C) meter readout."""

@@ -1,0 +1,131 @@
+"""Delivery: readings into the outbox, and the outbox to the broker through the publisher.
+
+`deliver` is the hot path: the output names the row (`Output.telemetry`), the outbox stores
+it, and one flush per event-loop iteration commits everything appended in it and pumps the
+publisher. A message leaves the outbox only when the broker acknowledged it (see
+`edge_agent.transport.mqtt`). The publisher is replaced when the MQTT settings change; this
+object stays, and is the `Link` outputs publish through, so they never hold a dead client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.config import MqttConfig
+from edge_agent.outbox import Outbox
+from edge_agent.outputs.base import Output
+from edge_agent.transport.base import Message
+from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
+
+#: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
+MAX_LATENCY_PROBES = 4096
+
+
+class Delivery:
+    """The outbox and the current publisher. `observe_latency(seconds)` gets the time from
+    a reading's read timestamp to the broker's acknowledgement, once per flushed batch.
+
+    `deliver` takes readings once `start` has given it an output (the agent starts delivery
+    before any device).
+    """
+
+    _output: Output  # set by start(); kept after stop() for rows appended meanwhile
+    _loop: asyncio.AbstractEventLoop
+
+    def __init__(self, outbox: Outbox, observe_latency: Callable[[float], None]) -> None:
+        self.outbox = outbox
+        self.observe_latency = observe_latency
+        self.publisher: MqttPublisher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
+        self._published_before = 0  # by publishers replaced on reload
+        self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
+
+    # -- the hot path --------------------------------------------------------------------
+    def deliver(self, device: str, readings: list[dict[str, Any]], ts_ms: int) -> None:
+        outbox = self.outbox
+        seq = outbox.next_seq(device)
+        topic, payload = self._output.telemetry(device, seq, readings)
+        row_id = outbox.append(device, seq, topic, payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            if len(self._latency_probes) < MAX_LATENCY_PROBES:
+                self._latency_probes[row_id] = ts_ms
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commits everything appended in this loop iteration at once, then publishes it."""
+        self._flush_scheduled = False
+        self.outbox.flush()
+        self.pump()
+
+    def _on_acked(self, ids: list[int]) -> None:
+        probes = self._latency_probes
+        if not probes:
+            return
+        now = time.time()  # not truncated to ms: a sub-millisecond publish is not 0
+        observe = self.observe_latency
+        for row_id in ids:
+            read_ms = probes.pop(row_id, None)
+            if read_ms is not None:
+                observe(max(0.0, now - read_ms / 1000))
+
+    # -- the publisher's lifecycle -------------------------------------------------------
+    def start(self, config: MqttConfig, client_id: str, output: Output,
+              on_message: MessageHandler) -> None:
+        """Connects `output` to the broker: a publisher that runs until `stop`."""
+        self._loop = asyncio.get_running_loop()
+        self._output = output
+        self.publisher = MqttPublisher(config, client_id, self.outbox, output,
+                                       on_message=on_message, on_acked=self._on_acked)
+        self._task = asyncio.create_task(self.publisher.run(), name="mqtt")
+
+    async def drain(self, timeout: float) -> bool:
+        """Publishes what is buffered; True if the outbox emptied within `timeout`."""
+        self.flush()
+        if self.publisher is None:
+            return not self.outbox.depth()
+        return await self.publisher.drain(timeout)
+
+    async def stop(self) -> None:
+        """Says the output's last word (if connected), then disconnects cleanly."""
+        publisher, task = self.publisher, self._task
+        if publisher is None:
+            return
+        await publisher.stop(self._output.shutdown())
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._published_before += publisher.published
+        self.publisher, self._task = None, None
+
+    # -- state, for the operations view --------------------------------------------------
+    def published_total(self) -> int:
+        return self._published_before + (self.publisher.published if self.publisher else 0)
+
+    @property
+    def last_error(self) -> str | None:
+        return self.publisher.last_error if self.publisher is not None else None
+
+    # -- Link: what outputs publish through ----------------------------------------------
+    def is_connected(self) -> bool:
+        return self.publisher is not None and self.publisher.is_connected()
+
+    def publish_now(self, message: Message) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_now(message)
+
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_state(topic, payload)
+
+    def pump(self) -> None:
+        if self.publisher is not None:
+            self.publisher.pump()
+
+    def disconnect(self) -> None:
+        if self.publisher is not None:
+            self.publisher.disconnect()

@@ -1,0 +1,2 @@
+"""Device supervision: one runner per device (`device`), the set of them (`supervisor`), and
+udev wake-ups for replugged devices (`hotplug`)."""
