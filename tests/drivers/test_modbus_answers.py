@@ -267,6 +267,49 @@ def test_a_connection_the_device_closes_is_a_disconnect_and_connect_opens_it_aga
     run(test)
 
 
+def test_requests_of_units_behind_one_gateway_queue_and_a_silent_unit_costs_one_timeout():
+    async def test() -> None:
+        points = [{"name": "h0", "address": 0}]
+        async with peer("socket") as (port, device, _), \
+                connected(port, points, unit=1) as healthy, \
+                connected(port, points, unit=2, timeout=0.2, retries=0) as silent:
+            assert healthy._bus is silent._bus
+            device.reply = lambda r: None if r.dev_id == 2 else honest(r)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            dead, alive = await asyncio.gather(silent.poll(), healthy.poll(),
+                                               return_exceptions=True)
+            assert isinstance(dead, DeviceTimeout)
+            assert by_metric(alive) == {"h0": (100, GOOD)}
+            assert loop.time() - started < 0.2 + 0.15  # one timeout, then the answer
+
+    run(test)
+
+
+def test_a_caller_cancelled_while_queued_or_in_flight_leaves_the_link_working():
+    async def test() -> None:
+        points = [{"name": "h0", "address": 0}]
+        async with peer("socket") as (port, device, _), \
+                connected(port, points, timeout=0.2, retries=0) as driver:
+            answers: list[bytes] = []
+            device.asked.clear()
+            device.reply = lambda r: answers.append(  # type: ignore[func-returns-value]
+                device.framer.buildFrame(_framed(honest(r), r)))
+            in_flight = asyncio.ensure_future(driver.poll())
+            queued = asyncio.ensure_future(driver.poll())
+            await asyncio.sleep(0.05)
+            assert len(answers) == 1  # one request on the wire, the other waits its turn
+            in_flight.cancel()
+            queued.cancel()
+            await asyncio.gather(in_flight, queued, return_exceptions=True)
+            device.send(answers[0])  # the answer nobody waits for any more
+            device.reply = honest
+            assert by_metric(await driver.poll()) == {"h0": (100, GOOD)}
+            assert len(device.asked) == 2  # the cancelled queued request was never sent
+
+    run(test)
+
+
 def _framed(answer: ModbusPDU, request: ModbusPDU) -> ModbusPDU:
     answer.dev_id, answer.transaction_id = request.dev_id, request.transaction_id
     return answer

@@ -172,10 +172,10 @@ class Bus:
         LRC error, a truncated frame, an answer to another function or of another length)
         are a ProtocolError; an exception response is an ExceptionResponse carrying its code.
         """
-        async with self.lock:
-            if self.link is not None:
-                response = await self.link.execute(request, timeout)
-            else:
+        if self.link is not None:  # the link queues requests itself, first come first served
+            response = await self.link.request(request, timeout)
+        else:
+            async with self.lock:
                 response = await self._client_call(request, timeout)
         if response.function_code & 0x80:
             raise ExceptionResponse(response.exception_code, describe(request))

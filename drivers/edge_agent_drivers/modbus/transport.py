@@ -15,7 +15,7 @@ end the exchange as a ProtocolError and are dropped.
 from __future__ import annotations
 
 import asyncio
-import socket
+from collections import deque
 from typing import Any
 
 from pymodbus.framer import FramerSocket
@@ -36,8 +36,24 @@ _MIN_FRAME = 8
 _MAX_LENGTH = 254
 
 
+class _Exchange:
+    """One request on the link: sent when the link is free, settled by its answer or timer."""
+
+    __slots__ = ("future", "request", "timeout", "timer")
+
+    def __init__(self, request: ModbusPDU, timeout: float,
+                 future: asyncio.Future[ModbusPDU]) -> None:
+        self.request, self.timeout, self.future = request, timeout, future
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class TcpLink(asyncio.Protocol):
-    """One Modbus TCP connection shared by the units behind it (the caller serialises)."""
+    """One Modbus TCP connection shared by the units behind it: one request in flight.
+
+    Requests queue in arrival order (a unit that does not answer costs those behind it one
+    timeout each, no more). The next request goes out from the callback that settled the
+    previous one, so the line is never idle while the answer is being processed.
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -46,8 +62,8 @@ class TcpLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._tid = 0
-        self._request: ModbusPDU | None = None
-        self._waiter: asyncio.Future[ModbusPDU] | None = None
+        self._current: _Exchange | None = None
+        self._queue: deque[_Exchange] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stray = 0  # answers that arrived after their request was given up
 
@@ -71,52 +87,73 @@ class TcpLink(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
-        self._fail(DeviceDisconnected(f"connection to {self.host}:{self.port} closed"))
+        self._fail_all(DeviceDisconnected(f"connection to {self.host}:{self.port} closed"))
 
-    async def execute(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
-        """Sends `request` and returns its answer (which may be an exception response).
+    def request(self, request: ModbusPDU, timeout: float) -> asyncio.Future[ModbusPDU]:
+        """Queues `request`; the future gets its answer (which may be an exception response).
 
-        Raises DeviceTimeout (no answer within `timeout`), ProtocolError (an answer that is
-        not one to this request) or DeviceDisconnected.
+        Or DeviceTimeout (no answer within `timeout` of sending it), ProtocolError (bytes
+        that are not the answer to it) or DeviceDisconnected.
         """
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             raise DeviceDisconnected(f"{self.host}:{self.port} is not connected")
+        exchange = _Exchange(request, timeout, self._loop.create_future())
+        if self._current is None:
+            self._send(exchange)
+        else:
+            self._queue.append(exchange)
+        return exchange.future
+
+    def _send(self, exchange: _Exchange) -> None:
         self._tid = tid = self._tid % 0xFFFF + 1  # 1..65535; 0 is never a valid echo
+        request = exchange.request
         request.transaction_id = tid
-        loop = self._loop
-        self._request = request
-        self._waiter = waiter = loop.create_future()
-        transport.write(self._framer.buildFrame(request))
-        timer = loop.call_later(timeout, self._expire, waiter, timeout)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+        self._current = exchange
+        self._transport.write(self._framer.buildFrame(request))  # type: ignore[union-attr]
+        exchange.timer = self._loop.call_later(exchange.timeout, self._expire, exchange)
 
-    def _expire(self, waiter: asyncio.Future[ModbusPDU], timeout: float) -> None:
-        if not waiter.done() and self._request is not None:
-            waiter.set_exception(DeviceTimeout(
-                f"no answer to {describe(self._request)} within {timeout:g} s"))
+    def _settle(self, exchange: _Exchange, answer: ModbusPDU | Exception) -> None:
+        """Ends the exchange in flight with `answer` and sends the next one still wanted."""
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+        future = exchange.future
+        if not future.done():  # done: its caller was cancelled meanwhile
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        self._current = None
+        queue = self._queue
+        while queue and self._transport is not None:
+            following = queue.popleft()
+            if not following.future.done():
+                self._send(following)
+                return
 
-    def _fail(self, error: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
+    def _expire(self, exchange: _Exchange) -> None:
+        if exchange is self._current:
+            self._settle(exchange, DeviceTimeout(
+                f"no answer to {describe(exchange.request)} within {exchange.timeout:g} s"))
+
+    def _fail_all(self, error: Exception) -> None:
+        exchanges = ([self._current] if self._current is not None else []) + list(self._queue)
+        self._current = None
+        self._queue.clear()
+        for exchange in exchanges:
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+            if not exchange.future.done():
+                exchange.future.set_exception(error)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        self._transport = transport
+        self._transport = transport  # asyncio and uvloop both set TCP_NODELAY
         self._buffer = b""
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # asyncio sets it for TCP already; a request is one segment
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._buffer = b""
-        self._fail(DeviceDisconnected(
+        self._fail_all(DeviceDisconnected(
             f"connection to {self.host}:{self.port} lost" + (f": {exc}" if exc else "")))
 
     def data_received(self, data: bytes) -> None:
@@ -126,9 +163,10 @@ class TcpLink(asyncio.Protocol):
             # stream that lost its framing cannot be trusted to find it again
             if buffer[2] or buffer[3] or buffer[4] or not 2 <= buffer[5] <= _MAX_LENGTH:
                 self._buffer = b""
-                self._fail(ProtocolError(
-                    f"not a Modbus TCP frame from {self.host}:{self.port}: "
-                    f"{bytes(buffer[:8]).hex(' ')}"))
+                if self._current is not None:
+                    self._settle(self._current, ProtocolError(
+                        f"not a Modbus TCP frame from {self.host}:{self.port}: "
+                        f"{bytes(buffer[:8]).hex(' ')}"))
                 return
             used, unit, tid, pdu = self._framer.decode(buffer)
             if not used:
@@ -141,21 +179,22 @@ class TcpLink(asyncio.Protocol):
         return False  # the peer closed its side: close ours, connection_lost follows
 
     def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
-        waiter, request = self._waiter, self._request
-        if waiter is None or waiter.done() or request is None or tid != request.transaction_id:
+        exchange = self._current
+        if exchange is None or tid != exchange.request.transaction_id:
             self.stray += 1
             return
+        request = exchange.request
         if request.dev_id and unit != request.dev_id:
-            waiter.set_exception(WrongAnswer(f"answer from unit {unit} to {describe(request)}"))
+            self._settle(exchange, WrongAnswer(f"answer from unit {unit} to {describe(request)}"))
             return
         response = decode(self._decoder, pdu)
         if response is None:
-            waiter.set_exception(ProtocolError(
+            self._settle(exchange, ProtocolError(
                 f"undecodable answer to {describe(request)}: {pdu[:16].hex(' ')}"))
             return
         wrong = mismatch(request, response)
         if wrong is not None:
-            waiter.set_exception(WrongAnswer(f"{wrong} in answer to {describe(request)}"))
+            self._settle(exchange, WrongAnswer(f"{wrong} in answer to {describe(request)}"))
             return
         response.dev_id, response.transaction_id = unit, tid
-        waiter.set_result(response)
+        self._settle(exchange, response)
