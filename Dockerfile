@@ -15,8 +15,9 @@ RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -r requ
 COPY pyproject.toml README.md ./
 COPY edge_agent ./edge_agent
 COPY drivers ./drivers
-COPY simulators ./simulators
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers ./simulators \
+# The core and the drivers only: simulators, the demo and the test broker helper
+# (edge-agent-simulators) are test tooling and stay out of the production image.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . ./drivers \
     && /opt/venv/bin/pip uninstall --yes pip
 
 FROM python:3.11.13-slim-bookworm AS runtime

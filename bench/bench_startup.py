@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
+from edge_agent_simulators.broker import Mosquitto, free_port, wait_for_port  # noqa: E402
 
 UNITS_PER_PORT = 125
 REGISTERS = 10

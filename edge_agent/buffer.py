@@ -7,127 +7,210 @@ Why it is shaped this way:
   before it is on disk, and a commit costs one WAL append per batch, not per reading.
 - `synchronous=NORMAL` in WAL mode: a commit survives the agent being killed (the WAL is in
   the OS page cache), and the event loop never waits for an fsync; after a power cut the
-  last transactions since the WAL was synced (at each checkpoint) may be missing. The
-  database itself never corrupts.
-- Checkpoints (the only step that fsyncs) run in a thread of their own on a connection of
-  their own, once a second: run inline by SQLite's auto-checkpoint they stalled the event
-  loop for 3 ms every ~4 MB of WAL, which was the whole p99 of the read-to-subscriber
-  latency.
+  last transactions since the WAL was synced (at each checkpoint) may be missing.
+- Checkpoints (the only step that fsyncs) run in a thread of their own, which also watches
+  the file (`edge_agent.store.checkpoint`).
 - Acknowledgements delete their rows in the next flush's transaction, so a poll costs one
   commit, not two. Until then the rows are counted as gone and never fetched again.
+- Every row carries a CRC32 and is checked on the way out (`edge_agent.store.rows`). A
+  row that fails is never published: it is moved to the `quarantine` table (the last
+  QUARANTINE_KEEP are kept for inspection), counted and logged with its device and seq
+  range, and the rows after it go on. Nothing a row holds can raise out of `fetch`.
 - `seq` lives in its own table, written in the same transaction as the messages that use
-  it, so it continues across restarts even when every message has been acknowledged.
+  it, and is reserved in blocks in a state file beside the buffer
+  (`edge_agent.store.seqs`), so a lost or recreated buffer never reuses a seq number.
 - Ids are assigned here (rowid order = append order), so replay in id order is delivery in
   order per device.
-- `max_bytes` counts topic and payload bytes plus a per-row overhead estimate; when a
-  commit would exceed it, the oldest rows go in the same transaction, counted in `dropped`.
-- Rows written while a backlog builds up (more than COMPRESS_BACKLOG waiting: the broker is
-  away or slow) are stored zlib-compressed, so `max_bytes` rides out a several times longer
-  outage (JSON telemetry compresses about 4-10x). Live rows, deleted milliseconds after
-  they are written, are stored as they are: compressing them would only cost CPU.
-- A full, read-only or broken disk never stops the agent: the outbox moves its backlog
-  into a `MemoryOutbox` (same limit), keeps going, and says why in `degraded`.
+- `max_bytes` counts topic and payload bytes as stored plus ROW_OVERHEAD per row, the same
+  definition as the memory outbox; when a commit would exceed it, the oldest rows go in the
+  same transaction, counted in `dropped`.
+- Rows written while a backlog builds up (more than COMPRESS_BACKLOG waiting) are stored
+  zlib-compressed, so `max_bytes` rides out a several times longer outage.
+- The file can go wrong in two ways, handled apart:
+  * it is lost or damaged (deleted, replaced by another file, corrupt pages): the outbox
+    *rebuilds* it without a restart: every row still readable (the open connection still
+    reads a deleted file) is copied, as stored, into a new file that replaces it; a
+    replaced or corrupt file is moved aside (`<name>.replaced-<time>`, `.corrupt-<time>`);
+  * the disk will not take writes (full, read-only, I/O errors): the outbox moves its
+    readable backlog into a `MemoryOutbox` (same limit), keeps going, and says why in
+    `degraded`. A buffer that cannot even be opened is read read-only for its backlog.
+    Every `retry_every` seconds and at close it tries to build a new file from the memory
+    buffer, and is durable again as soon as the disk lets it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
-import threading
 import time
-import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zlib import crc32
 
-from edge_agent.outbox import DropEpisodes, MemoryOutbox, Row
+from edge_agent.store.checkpoint import Checkpointer, file_identity
+from edge_agent.store.drops import DropEpisodes, FailureEpisodes
+from edge_agent.store.memory import MemoryOutbox
+from edge_agent.store.rows import (
+    BadRow,
+    Row,
+    checksum,
+    decode,
+    encode,
+    row_size,
+    seq_ranges,
+)
+from edge_agent.store.seqs import SeqAllocator
+from edge_agent.store.sqlitefile import (
+    COLUMNS,
+    INSERT,
+    PAGE,
+    SIZE_SQL,
+    UPSERT_SEQ,
+    connect,
+    delete_rows,
+    is_corrupt,
+    new_generation,
+    open_read_only,
+    quarantine_rows,
+    read_header,
+    remove_database,
+    remove_wal,
+)
+from edge_agent.store.statefile import StateFile
 
-#: bytes SQLite spends per row beyond topic and payload (record header, rowid, page slack)
-ROW_OVERHEAD = 40
-#: ids per DELETE statement (SQLite allows 32766 variables; keep statements small)
-DELETE_CHUNK = 500
-#: seconds between background WAL checkpoints
-CHECKPOINT_EVERY = 1.0
 #: rows waiting beyond which new rows are stored compressed (a backlog, not the live window)
 COMPRESS_BACKLOG = 256
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    zipped INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS seqs (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-"""
-_SIZE = f"length(payload) + length(topic) + {ROW_OVERHEAD}"
+#: seconds between attempts to get back to a durable file while buffering in memory
+DURABLE_RETRY = 30.0
+#: rows read per query when a file is salvaged (rebuilt or moved to memory)
+SALVAGE_PAGE = 512
+def seq_state_path(buffer_path: Path) -> Path:
+    """The seq reservations live beside the buffer, in a file of their own."""
+    return buffer_path.with_name(buffer_path.name + ".seq.json")
 
 
 class SqliteOutbox:
     """Store-and-forward buffer at `path`, bounded by `max_bytes` of messages."""
 
-    def __init__(self, path: Path | str, max_bytes: int, log: Any = None) -> None:
+    def __init__(self, path: Path | str, max_bytes: int, log: Any = None,
+                 retry_every: float = DURABLE_RETRY) -> None:
         self.path = Path(path)
+        self.retry_every = retry_every
         self.max_bytes = max_bytes
         self.log = log
         self.degraded: str | None = None
+        self.quarantined = 0  # rows that failed their check: never published
+        self.lost = 0  # rows that could not be read back at all (damaged file)
+        self.recoveries = 0  # buffer files rebuilt while running (lost, replaced, corrupt)
+        self._last_recovery: tuple[float, str] | None = None  # (monotonic time, problem)
+        self.seqs = SeqAllocator(StateFile(seq_state_path(self.path), "seq state", log), log)
         self._dropped = 0
+        self._checkpoint_failures = 0  # of checkpointers already stopped
         self._db: sqlite3.Connection | None = None
         self._memory: MemoryOutbox | None = None
-        self._seqs: dict[str, int] = {}
-        self._dirty_seqs: dict[str, int] = {}
         self._pending: list[tuple[int, str, int, str, bytes]] = []
         self._acked: list[int] = []  # acknowledged, deleted by the next flush
-        self._checkpointer: _Checkpointer | None = None
+        self._gone_max = 0  # the highest id in _acked and _bad
+        self._bad: dict[int, str] = {}  # quarantined id -> reason, moved by the next flush
+        self._checkpointer: Checkpointer | None = None
         self._last_id = 0
         self._depth = 0
         self._bytes = 0
         self._episodes = DropEpisodes(log, max_bytes)
+        self._retries = FailureEpisodes(log, "buffer_durable_retry", path=str(self.path))
+        self._retry_at = 0.0  # monotonic time of the next attempt to leave memory
         try:
-            self._db = self._open()
-            self._checkpointer = _Checkpointer(self.path)
+            stored, generation = self._open()
         except (sqlite3.Error, OSError) as exc:
-            self._degrade(exc, "open")
+            self._start_degraded(exc)
+            return
+        self.seqs.resume(stored, generation)
+        self._start_checkpointer()
 
     # -- opening -------------------------------------------------------------------------
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> tuple[dict[str, int], str | None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             return self._connect()
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):
+            if not is_corrupt(exc):
                 raise  # locked, read-only, disk full: not the file's fault
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            self.path.rename(aside)
+            aside = self._move_aside("corrupt")
             self._log("error", "buffer_corrupt_moved_aside", path=str(self.path),
                       moved_to=str(aside), error=str(exc))
-            return self._connect()
+            found = self._connect()
+            self._salvage(aside)
+            return found
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+    def _salvage(self, aside: Path) -> None:
+        """Copies what can still be read of a damaged file (moved aside) into the new one."""
+        old = open_read_only(aside)
+        if old is None:
+            return  # not a database at all: nothing to read
+        db = self._db
+        assert db is not None
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode})")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint=0")  # the _Checkpointer thread does it
-            db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            if "zipped" not in columns:  # a buffer written by 0.1.0 before compression
-                db.execute("ALTER TABLE messages ADD COLUMN zipped INTEGER NOT NULL DEFAULT 0")
-            self._seqs = dict(db.execute("SELECT device, seq FROM seqs"))
+            with contextlib.suppress(sqlite3.Error):
+                self._last_id = max(self._last_id, old.execute(
+                    "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+            copied = self._copy_rows(old, db)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._log("error", "buffer_salvage_failed", moved_to=str(aside), error=str(exc))
+            return
+        finally:
+            old.close()
+        self._depth, self._bytes = db.execute(
+            f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0) FROM messages").fetchone()
+        self._log("warning", "buffer_salvaged", path=str(self.path), moved_to=str(aside),
+                  kept=copied, lost=self.lost, quarantined=self.quarantined)
+
+    def _connect(self) -> tuple[dict[str, int], str | None]:
+        """Opens the file at `path`: (the seqs it holds, its generation)."""
+        db = connect(self.path)
+        try:
+            seqs, generation = read_header(db)
             depth, size, last = db.execute(
-                f"SELECT count(*), coalesce(sum({_SIZE}), 0), coalesce(max(id), 0) "
+                f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0), coalesce(max(id), 0) "
                 "FROM messages").fetchone()
         except BaseException:
             db.close()
             raise
-        self._depth, self._bytes, self._last_id = depth, size, last
+        self._db = db
+        self._depth, self._bytes = depth, size
+        self._last_id = max(self._last_id, last)
         if depth:
             self._log("info", "buffer_backlog", path=str(self.path), messages=depth,
                       size_bytes=size)
-        return db
+        return seqs, generation
+
+    def _start_checkpointer(self) -> None:
+        self._checkpointer = Checkpointer(self.path, file_identity(self.path), self.log)
+
+    def _stop_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpoint_failures += self._checkpointer.failures
+            self._checkpointer = None
+
+    def _start_degraded(self, exc: BaseException) -> None:
+        """The file cannot be opened for writing: read what it holds, carry on in memory."""
+        stored: dict[str, int] = {}
+        generation = None
+        source = open_read_only(self.path)
+        if source is not None:
+            with contextlib.suppress(sqlite3.Error):
+                stored, generation = read_header(source)
+                self._last_id = source.execute(
+                    "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+        self.seqs.resume(stored, generation)
+        self._degrade(exc, "open", source)
+        if source is not None:
+            with contextlib.suppress(sqlite3.Error):
+                source.close()
 
     # -- the Outbox interface ------------------------------------------------------------
     @property
@@ -135,12 +218,7 @@ class SqliteOutbox:
         return self._dropped + (self._memory.dropped if self._memory else 0)
 
     def next_seq(self, device: str) -> int:
-        if self._memory is not None:
-            return self._memory.next_seq(device)
-        seq = self._seqs.get(device, 0) + 1
-        self._seqs[device] = seq
-        self._dirty_seqs[device] = seq
-        return seq
+        return self.seqs.next(device)
 
     def append(self, device: str, seq: int, topic: str, payload: bytes) -> int:
         if self._memory is not None:
@@ -151,51 +229,60 @@ class SqliteOutbox:
 
     def flush(self) -> None:
         """Commits the queued rows and seqs in one transaction, dropping the oldest if full."""
+        if self._memory is not None:
+            if time.monotonic() >= self._retry_at:
+                self._back_to_disk()
+            return
+        self._check_file()
         db = self._db
-        if db is None or not (self._pending or self._dirty_seqs or self._acked):
+        seqs = self.seqs.dirty
+        if db is None or not (self._pending or seqs or self._acked or self._bad):
             return
         rows = self._stored_rows()
-        added = sum(len(p) + len(t) + ROW_OVERHEAD for _, _, _, t, p, _ in rows)
-        acked = self._acked
+        added = sum(row_size(row[3], row[4]) for row in rows)
+        acked, bad = self._acked, self._bad
         try:
             db.execute("BEGIN")
-            removed, freed_by_acks = self._delete(db, acked) if acked else (0, 0)
-            db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)", rows)
-            db.executemany("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
-                           "DO UPDATE SET seq = excluded.seq", self._dirty_seqs.items())
+            removed, freed_by_acks = delete_rows(db, acked) if acked else (0, 0)
+            moved, freed_by_bad = quarantine_rows(db, bad) if bad else (0, 0)
+            db.executemany(INSERT, rows)
+            db.executemany(UPSERT_SEQ, seqs.items())
             dropped, freed = 0, 0
-            size = self._bytes - freed_by_acks + added  # after this transaction
+            size = self._bytes - freed_by_acks - freed_by_bad + added  # after this transaction
             if size > self.max_bytes:
                 dropped, freed = self._drop_oldest(db, size - self.max_bytes)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            self._degrade(exc, "commit")
+            self._failed(exc, "commit")
             return
-        # ack() already counted the acknowledged rows out; some may have been dropped before
-        self._depth += len(self._pending) - dropped + len(acked) - removed
-        self._bytes += added - freed - freed_by_acks
+        # ack() and quarantine already counted their rows out; some may have been dropped
+        self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
+        self._bytes += added - freed - freed_by_acks - freed_by_bad
         self._pending.clear()
-        self._dirty_seqs.clear()
+        seqs.clear()
         self._acked = []
+        self._bad = {}
+        self._gone_max = 0
         if dropped:
             self._dropped += dropped
             self._episodes.dropped(dropped, self._bytes)
         if freed_by_acks:
             self._episodes.check(self._bytes)
 
-    def _stored_rows(self) -> list[tuple[int, str, int, str, bytes, int]]:
+    def _stored_rows(self) -> list[tuple[int, str, int, str, bytes, int, int]]:
         """The pending rows as stored: compressed while a backlog is building up."""
-        if self._depth + len(self._pending) <= COMPRESS_BACKLOG:
-            return [(*row, 0) for row in self._pending]
-        return [(i, d, s, t, zlib.compress(p, 1), 1) for i, d, s, t, p in self._pending]
+        if self._depth + len(self._pending) > COMPRESS_BACKLOG:
+            return [encode(i, d, s, t, p, True) for i, d, s, t, p in self._pending]
+        return [(i, d, s, t, p, 0, crc32(p, crc32(b"%d\x00%s\x00%d\x00%s\x00%d\x00" % (
+            i, d.encode(), s, t.encode(), 0)))) for i, d, s, t, p in self._pending]  # = encode
 
     def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
         """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row."""
         count, freed, cutoff = 0, 0, None
         newest = self._last_id
-        oldest_first = db.execute(f"SELECT id, {_SIZE} FROM messages ORDER BY id")
+        oldest_first = db.execute(f"SELECT id, {SIZE_SQL} FROM messages ORDER BY id")
         for row_id, size in oldest_first:
             if freed >= excess or row_id == newest:
                 break
@@ -206,38 +293,86 @@ class SqliteOutbox:
         return count, freed
 
     def fetch(self, after_id: int, limit: int) -> list[Row]:
-        if self._memory is not None:
-            return self._memory.fetch(after_id, limit)
-        try:
-            rows = self._db.execute(  # type: ignore[union-attr]
-                "SELECT id, device, seq, topic, payload, zipped FROM messages WHERE id > ? "
-                "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        except sqlite3.Error as exc:
-            self._degrade(exc, "read")
-            return self._memory.fetch(after_id, limit)  # type: ignore[union-attr]
-        if self._acked and rows and rows[0][0] <= max(self._acked):
-            # acknowledged rows not yet deleted (a replay from the start): never hand them out
-            acked = set(self._acked)
-            return [_row(*row) for row in rows if row[0] not in acked]
-        return [_row(*row) for row in rows]
+        """Up to `limit` checked rows after `after_id`; bad rows are quarantined, not returned."""
+        self._check_file()
+        for _ in range(2):  # a damaged file is rebuilt once; a second failure goes to memory
+            if self._memory is not None:
+                return self._memory.fetch(after_id, limit)
+            try:
+                return self._fetch(after_id, limit)
+            except sqlite3.Error as exc:
+                self._failed(exc, "read")
+        if self._db is not None:
+            self._degrade(sqlite3.OperationalError("repeated read failures"), "read")
+        return self._memory.fetch(after_id, limit)  # type: ignore[union-attr]
+
+    def _fetch(self, after_id: int, limit: int) -> list[Row]:
+        db = self._db
+        assert db is not None
+        out: list[Row] = []
+        bad: list[BadRow] = []
+        gone = self._gone(after_id)
+        cursor = after_id
+        while len(out) < limit:
+            want = limit - len(out)
+            page = db.execute(PAGE, (cursor, want)).fetchall()
+            for raw in page:
+                row_id, device, seq, topic, stored, zipped, crc = raw
+                if gone and row_id in gone:
+                    continue
+                try:  # the common case inline: a plain row whose checksum matches
+                    if zipped == 0 and type(seq) is int and crc == crc32(stored, crc32(
+                            b"%d\x00%s\x00%d\x00%s\x00%d\x00" % (row_id, device, seq, topic, 0))):
+                        out.append(Row(row_id, device.decode(), seq, topic.decode(), stored))
+                        continue
+                except Exception:  # a field of the wrong type: decode says which
+                    pass
+                row = decode(*raw)
+                if type(row) is Row:
+                    out.append(row)
+                else:
+                    bad.append(row)  # type: ignore[arg-type]
+            if len(page) < want:
+                break
+            cursor = page[-1][0]  # bad or gone rows took room in this page: read on
+        if bad:
+            self._quarantine_rows(bad)
+        return out
+
+    def _gone(self, after_id: int = 0) -> set[int] | None:
+        """Ids acknowledged or quarantined but not yet deleted: never handed out again.
+        None when there are none after `after_id` (the usual case: the publisher's cursor
+        is past everything it has had acknowledged)."""
+        if self._gone_max <= after_id:
+            return None
+        return set(self._acked).union(self._bad)
 
     def ack(self, ids: list[int]) -> None:
         if self._memory is not None:
             self._memory.ack(ids)
             return
         self._acked.extend(ids)
+        if ids:
+            self._gone_max = max(self._gone_max, max(ids))
         self._depth -= len(ids)
 
-    def _delete(self, db: sqlite3.Connection, ids: list[int]) -> tuple[int, int]:
-        """Deletes acknowledged rows inside the caller's transaction: (rows, bytes) freed."""
-        removed, freed = 0, 0
-        for start in range(0, len(ids), DELETE_CHUNK):
-            chunk = ids[start:start + DELETE_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for (size,) in db.execute(
-                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {_SIZE}", chunk):
-                removed, freed = removed + 1, freed + size
-        return removed, freed
+    def quarantine(self, row: Row, reason: str) -> None:
+        """A row the publisher cannot use (e.g. it does not encode): set aside like a bad
+        stored row, counted and logged, never retried."""
+        self._quarantine_rows([BadRow(row.id, row.device, row.seq, reason)])
+
+    def _quarantine_rows(self, bad: list[BadRow]) -> None:
+        self.quarantined += len(bad)
+        self._log("error", "buffer_rows_quarantined", path=str(self.path), rows=len(bad),
+                  ranges=seq_ranges(bad), quarantined_total=self.quarantined)
+        if self._memory is not None:
+            self._memory.ack([row.id for row in bad])
+            return
+        for row in bad:
+            if row.id not in self._bad:
+                self._bad[row.id] = row.reason
+                self._gone_max = max(self._gone_max, row.id)
+                self._depth -= 1
 
     def depth(self) -> int:
         if self._memory is not None:
@@ -247,76 +382,269 @@ class SqliteOutbox:
     def size_bytes(self) -> int:
         if self._memory is not None:
             return self._memory.size_bytes()
-        return self._bytes + sum(len(p) + len(t) + ROW_OVERHEAD for _, _, _, t, p in self._pending)
+        return self._bytes + sum(row_size(t, p) for _, _, _, t, p in self._pending)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics and /readyz (taken on the event loop)."""
+        self._check_file()
+        checkpointer = self._checkpointer
+        return {
+            "depth": self.depth(), "bytes": self.size_bytes(), "dropped": self.dropped,
+            "degraded": self.degraded, "quarantined": self.quarantined, "lost": self.lost,
+            "seq_skipped": self.seqs.skipped, "recoveries": self.recoveries,
+            "checkpoint_failures": self._checkpoint_failures
+            + (checkpointer.failures if checkpointer else 0),
+            "wal_bytes": checkpointer.wal_bytes if checkpointer else 0,
+            "state_degraded": self.seqs.degraded,
+            "last_recovery": None if self._last_recovery is None else {
+                "seconds_ago": time.monotonic() - self._last_recovery[0],
+                "problem": self._last_recovery[1]},
+        }
 
     def close(self) -> None:
+        if self._memory is not None:
+            self._retry_at = 0.0  # a last try: what memory holds survives if the disk lets it
         self.flush()
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        self._stop_checkpointer()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.close()
-            self._db = None
+            self._close_db()
         self._log("info", "buffer_closed", path=str(self.path), kept=self.depth(),
-                  dropped=self.dropped, degraded=self.degraded)
+                  dropped=self.dropped, quarantined=self.quarantined, lost=self.lost,
+                  degraded=self.degraded)
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     # -- failure -------------------------------------------------------------------------
-    def _degrade(self, exc: BaseException, during: str) -> None:
+    def _failed(self, exc: sqlite3.Error, during: str) -> None:
+        """A damaged file is rebuilt; a disk that will not write sends the buffer to memory."""
+        if is_corrupt(exc):
+            self._rebuild(f"the buffer file is damaged ({during}: {exc})", aside="corrupt")
+        else:
+            self._degrade(exc, during)
+
+    def _check_file(self) -> None:
+        """Acts on what the checkpoint thread saw: the file deleted or replaced."""
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.file_problem is not None:
+            self._rebuild(checkpointer.file_problem, aside="replaced")
+
+    def _rebuild(self, problem: str, aside: str) -> None:
+        """Copies every readable row, as stored, into a new file that takes the path.
+
+        The open connection still reads a file that was deleted or replaced, so nothing
+        committed is lost with it; rows still pending are written too. The new file is
+        built beside the path and renamed into place once complete.
+        """
+        old = self._db
+        assert old is not None
+        self._stop_checkpointer()
+        building = self.path.with_name(self.path.name + ".rebuild")
+        kept_before = self.depth()
+        try:
+            remove_database(building)
+            new = connect(building, wal=False)
+            try:
+                generation = new_generation(new)
+                self.seqs.rebind(generation)
+                copied = self._copy_rows(old, new)
+                new.close()
+            except BaseException:
+                new.close()
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(OSError):
+                remove_database(building)
+            self._degrade(exc, "rebuild")
+            return
+        self._close_db()
+        moved_to = None
+        try:
+            if aside != "corrupt":  # the WAL beside the path is the lost file's, copied now:
+                remove_wal(self.path)  # replayed into another file it would rewrite it
+            if self.path.exists():  # another file, or the damaged one: keep it for people
+                moved_to = str(self._move_aside(aside))
+            os.replace(building, self.path)
+            self._depth = self._bytes = 0
+            self._connect()
+        except (sqlite3.Error, OSError) as exc:  # the copy is complete: read it from there
+            self._close_db()
+            self._degrade(exc, "rebuild", open_read_only(
+                building if building.exists() else self.path))
+            return
+        self._start_checkpointer()
+        self.recoveries += 1
+        self._last_recovery = (time.monotonic(), problem)
+        self._log("warning", "buffer_recovered", path=str(self.path), problem=problem,
+                  kept=copied, not_copied=max(0, kept_before - copied), moved_to=moved_to)
+
+    def _copy_rows(self, old: sqlite3.Connection, new: sqlite3.Connection) -> int:
+        """Checked rows of `old` (as stored) and the pending rows into `new`, one commit."""
+        copied = 0
+        new.execute("BEGIN")
+        batch = []
+        for raw, _ in self._readable(old):
+            row_id, device, seq, topic, stored, zipped, _crc = raw
+            batch.append((row_id, device.decode(), seq, topic.decode(), stored, zipped,
+                          checksum(row_id, device, seq, topic, stored, zipped)))
+            if len(batch) >= SALVAGE_PAGE:
+                new.executemany(INSERT, batch)
+                copied += len(batch)
+                batch = []
+        new.executemany(INSERT, batch)
+        copied += len(batch)
+        new.executemany(INSERT, self._stored_rows())
+        copied += len(self._pending)
+        new.executemany(UPSERT_SEQ, self.seqs.dirty.items())
+        new.execute("COMMIT")
+        self._pending.clear()
+        self.seqs.dirty.clear()
+        self._acked = []
+        self._bad = {}
+        self._gone_max = 0
+        return copied
+
+    def _readable(self, db: sqlite3.Connection) -> Iterator[tuple[tuple[Any, ...], Row]]:
+        """Every committed row that passes its check (raw, decoded), in id order.
+
+        Page by page; a page SQLite cannot read is probed id by id, so damaged pages cost
+        only their own rows (counted in `lost`). Acknowledged and quarantined rows are
+        skipped; rows failing their check are quarantined (counted and logged).
+        """
+        gone = self._gone() or set()
+        last_id = self._last_id
+        cursor = 0
+        while True:
+            try:
+                page = db.execute(PAGE, (cursor, SALVAGE_PAGE)).fetchall()
+                end = page[-1][0] if page else None
+            except sqlite3.Error:
+                if cursor >= last_id:
+                    return
+                end = min(cursor + SALVAGE_PAGE, last_id)
+                page = self._probe(db, cursor + 1, end)
+            if end is None:
+                return
+            bad: list[BadRow] = []
+            for raw in page:
+                if raw[0] in gone:
+                    continue
+                row = decode(*raw)
+                if type(row) is Row:
+                    yield raw, row
+                else:
+                    bad.append(row)  # type: ignore[arg-type]
+            if bad:
+                self.quarantined += len(bad)
+                self._log("error", "buffer_rows_quarantined", path=str(self.path),
+                          rows=len(bad), ranges=seq_ranges(bad),
+                          quarantined_total=self.quarantined)
+            cursor = end
+
+    def _probe(self, db: sqlite3.Connection, first: int, last: int) -> list[tuple[Any, ...]]:
+        """Rows `first`..`last` one by one; those that cannot be read are counted lost."""
+        rows, lost = [], 0
+        for row_id in range(first, last + 1):
+            try:
+                rows.extend(db.execute(f"SELECT {COLUMNS} FROM messages WHERE id = ?",
+                                       (row_id,)).fetchall())
+            except sqlite3.Error:
+                lost += 1
+        if lost:
+            self.lost += lost
+            self._log("error", "buffer_rows_unreadable", path=str(self.path), rows=lost,
+                      first_id=first, last_id=last)
+        return rows
+
+    def _degrade(self, exc: BaseException, during: str,
+                 source: sqlite3.Connection | None = None) -> None:
         """Carries on in memory: the backlog that can still be read, plus the unsaved rows."""
         reason = getattr(exc, "strerror", None) or str(exc)
         self.degraded = f"buffer {self.path} not writable ({during}: {reason}); buffering in memory"
         self._log("error", "buffer_degraded", path=str(self.path), during=during, error=reason,
                   fallback="memory")
-        memory = MemoryOutbox(self.max_bytes, seqs=self._seqs, log=self.log)
-        if self._db is not None:
+        self._stop_checkpointer()
+        memory = MemoryOutbox(self.max_bytes, seqs=self.seqs, log=self.log)
+        source = source if source is not None else self._db
+        if source is not None:
             try:
-                memory.restore(_row(*row) for row in self._db.execute(
-                    "SELECT id, device, seq, topic, payload, zipped FROM messages ORDER BY id"))
-            except sqlite3.Error as read_exc:
-                self._log("error", "buffer_backlog_unreadable", error=str(read_exc),
-                          lost=self._depth)
-            with contextlib.suppress(sqlite3.Error):
-                self._db.close()
-            self._db = None
+                memory.restore(row for _, row in self._readable(source))
+            except sqlite3.Error as read_exc:  # _readable probes; this is the last resort
+                self._log("error", "buffer_backlog_unreadable", error=str(read_exc))
+            if source is not self._db:
+                with contextlib.suppress(sqlite3.Error):
+                    source.close()
+        self._close_db()
         memory.restore(Row(*pending) for pending in self._pending)
-        memory.ack(self._acked)  # acknowledged before the failure: never resend them
-        self._acked = []
-        memory._last_id = max(memory._last_id, self._last_id)
+        memory.skip_to(self._last_id)
         self._pending.clear()
-        self._dirty_seqs.clear()
+        self._acked = []
+        self._bad = {}
+        self._gone_max = 0
         self._memory = memory
+        self._retry_at = time.monotonic() + self.retry_every
+
+    def _back_to_disk(self) -> None:
+        """Leaves memory for a new durable file once the disk takes writes again.
+
+        The memory buffer holds every row still owed (the old file's readable backlog was
+        moved into it, acknowledgements since were applied there), so the new file is built
+        from it beside the path and renamed over whatever the path holds.
+        """
+        memory = self._memory
+        assert memory is not None
+        self._retry_at = time.monotonic() + self.retry_every
+        building = self.path.with_name(self.path.name + ".rebuild")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_database(building)
+            new = connect(building, wal=False)
+            try:
+                generation = new_generation(new)
+                zipped = memory.depth() > COMPRESS_BACKLOG
+                new.execute("BEGIN")
+                cursor = 0
+                while rows := memory.fetch(cursor, SALVAGE_PAGE):
+                    new.executemany(INSERT, [encode(r.id, r.device, r.seq, r.topic, r.payload,
+                                                     zipped) for r in rows])
+                    cursor = rows[-1].id
+                new.executemany(UPSERT_SEQ, self.seqs.current.items())
+                new.execute("COMMIT")
+            finally:
+                new.close()
+            remove_wal(self.path)  # the old file's: every row it owed is in the new one
+            os.replace(building, self.path)
+            self._depth = self._bytes = 0
+            self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            self._close_db()
+            with contextlib.suppress(OSError):
+                remove_database(building)
+            self._retries.failed(getattr(exc, "strerror", None) or str(exc))
+            return
+        self._retries.succeeded()
+        self.seqs.rebind(generation)
+        self._dropped += memory.dropped
+        self._last_id = max(self._last_id, memory.skip_to(0))
+        self._memory = None
+        self.degraded = None
+        self._start_checkpointer()
+        self._log("warning", "buffer_durable_again", path=str(self.path), kept=self._depth)
+
+    def _move_aside(self, why: str) -> Path:
+        """Renames the file at `path` (and its WAL and shared memory) out of the way."""
+        aside = self.path.with_name(f"{self.path.name}.{why}-{int(time.time())}")
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        os.replace(self.path, aside)
+        return aside
 
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(event, **fields)
-
-
-def _row(row_id: int, device: str, seq: int, topic: str, payload: bytes, zipped: int) -> Row:
-    return Row(row_id, device, seq, topic, zlib.decompress(payload) if zipped else payload)
-
-
-class _Checkpointer:
-    """Copies the WAL into the database file once a second, off the event loop.
-
-    A checkpoint is where SQLite fsyncs. PASSIVE mode never blocks the writer, so the event
-    loop's commits go on while this thread waits for the disk.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._stop = threading.Event()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._thread = threading.Thread(target=self._run, name="buffer-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(CHECKPOINT_EVERY):
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()

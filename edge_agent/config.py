@@ -13,21 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge_agent import registry
+from edge_agent.device_config import (  # noqa: F401  (the device models, also named here)
+    NAME_PATTERN,
+    DeviceConfig,
+    PointConfig,
+    PointModel,
+    SerialDevice,
+    Strict,
+)
 from edge_agent.errors import ConfigError, DriverLoadError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 ENV_PREFIX = "EDGE_AGENT_"
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 SECRET_KEYS = frozenset({"password", "key", "token", "secret"})
-
-
-class Strict(BaseModel):
-    """Base for config sections: unknown keys are errors, so a typo never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class TlsConfig(Strict):
@@ -95,57 +98,6 @@ class HttpConfig(Strict):
         return value
 
 
-class PointConfig(Strict):
-    """The keys every point has, whatever the driver: naming and normalisation."""
-
-    name: str = Field(pattern=NAME_PATTERN)
-    unit: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    writable: bool = False
-    min: float | None = None
-    max: float | None = None
-    # report-by-exception: publish only on a change beyond the deadband (a number, or "2%" of
-    # the last published value), and at least every `heartbeat` seconds (docs/operations.md)
-    deadband: float | str | None = None
-    heartbeat: float | None = Field(None, gt=0, le=86400)
-
-    @field_validator("deadband")
-    @classmethod
-    def _deadband_number_or_percent(cls, value: float | str | None) -> float | str | None:
-        if isinstance(value, str):  # "2%", or a number that came in as text (env)
-            text = value.strip()
-            try:
-                parsed = float(text.removesuffix("%"))
-            except ValueError:
-                parsed = -1.0
-            if not parsed >= 0:
-                raise ValueError(f"'{value}' is not a number or a percentage like '2%'")
-            return f"{parsed:g}%" if text.endswith("%") else parsed
-        if value is not None and not value >= 0:
-            raise ValueError("a deadband cannot be negative")
-        return value
-
-    def deadband_spec(self) -> tuple[float | None, bool]:
-        """(size, is_percent) as the normaliser wants it."""
-        if isinstance(self.deadband, str):
-            return float(self.deadband[:-1]), True
-        return self.deadband, False
-
-
-class DeviceConfig(BaseModel):
-    """The keys every device has. Drivers subclass this with their own, forbidding extras."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(pattern=NAME_PATTERN)
-    driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    port: str | None = None
-    interval: float = Field(1.0, gt=0, le=86400)
-    timeout: float = Field(1.0, gt=0, le=600)
-    enabled: bool = True
-
-
 class AgentConfig(BaseSettings):
     """The whole configuration. Environment variables win over the file.
 
@@ -178,14 +130,6 @@ class AgentConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
 
-    @model_validator(mode="after")
-    def _unique_device_names(self) -> AgentConfig:
-        seen: set[str] = set()
-        for device in self.devices:
-            if device.name in seen:
-                raise ValueError(f"device name '{device.name}' is used twice")
-            seen.add(device.name)
-        return self
 
 
 def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
@@ -204,7 +148,7 @@ def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def _describe(item: dict[str, Any]) -> str:
+def _describe(item: ErrorDetails) -> str:
     kind, ctx = item["type"], item.get("ctx") or {}
     if kind == "literal_error":
         expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
@@ -248,7 +192,7 @@ def resolve_config_path(cli_value: str | None) -> Path:
 
 
 #: EDGE_AGENT_* variables that configure the process, not config keys
-NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "usb_sim"})
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend"})
 
 
 def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
@@ -293,14 +237,12 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     With `strict_drivers` a driver that cannot be loaded is a problem (check-config); without,
     its devices are kept with only the core keys checked, and the runtime disables them.
     """
-    from edge_agent import registry  # late: the registry imports this module's models
-
     data = overlay_env(data, dict(os.environ) if environ is None else environ)
     try:
         config = AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(format_problems(exc)) from None
-    problems: list[str] = []
+    problems = _duplicate_names(config.devices)
     typed: list[DeviceConfig] = []
     for index, device in enumerate(config.devices):
         where = f"devices[{index}]"
@@ -323,11 +265,21 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
     return config
 
 
+def _duplicate_names(devices: list[DeviceConfig]) -> list[str]:
+    """A device name is a topic level: each names one device (`devices[1].name: ...`)."""
+    first: dict[str, int] = {}
+    problems = []
+    for index, device in enumerate(devices):
+        earlier = first.setdefault(device.name, index)
+        if earlier != index:
+            problems.append(f"devices[{index}].name: device name '{device.name}' is used twice "
+                            f"(also devices[{earlier}])")
+    return problems
+
+
 def _port_conflicts(devices: list[DeviceConfig]) -> list[str]:
     """One owner per physical port: devices may share a port only when they use the same
     driver and that driver serialises them (Modbus units on one RS-485 line or gateway)."""
-    from edge_agent import registry
-
     owners: dict[str, DeviceConfig] = {}
     problems = []
     for index, device in enumerate(devices):

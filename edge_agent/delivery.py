@@ -120,6 +120,19 @@ class Delivery:
     def published_total(self) -> int:
         return self._published_before + (self.publisher.published if self.publisher else 0)
 
+    def stalled_for(self) -> float:
+        """Seconds messages have waited while connected with none acknowledged."""
+        return self.publisher.stalled_for() if self.publisher is not None else 0.0
+
+    @property
+    def stall_after(self) -> float:
+        """The pump counts as stalled after this long: the broker's keepalive."""
+        return float(self.publisher.config.keepalive) if self.publisher is not None else 0.0
+
+    def state_degraded(self) -> str | None:
+        """Why the output's own state (Sparkplug bdSeq) is kept in memory, or None."""
+        return getattr(self._output, "degraded", None)
+
     @property
     def last_error(self) -> str | None:
         return self.publisher.last_error if self.publisher is not None else None

@@ -8,15 +8,23 @@ publishing are the runtime's, so drivers stay small and never see MQTT, topics o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from edge_agent.config import DeviceConfig
+from edge_agent.device_config import DeviceConfig
 from edge_agent.model import PointSpec, Sample
 
 T = TypeVar("T")
+
+
+class Discovered(NamedTuple):
+    """A device found on a line: one line describing it, and a device config that reaches it."""
+
+    description: str
+    config: dict[str, Any]
 
 
 class Driver:
@@ -42,8 +50,18 @@ class Driver:
         self.errors: Counter[str] = Counter()
 
     def points(self) -> list[PointSpec]:
-        """The metrics this device produces, with how the core normalises each."""
+        """Metrics this driver defines itself, beyond the configured points.
+
+        Configured points reach the core through `config.point_configs()` (see
+        `point_specs`); override this only for metrics the protocol fixes (NMEA's position)
+        or derives, which no point config describes.
+        """
         return []
+
+    @property
+    def can_write(self) -> bool:
+        """True when this driver implements `write`; otherwise no point of it is writable."""
+        return type(self).write is not Driver.write
 
     async def connect(self) -> None:
         """Opens the transport; raises DeviceError when the device cannot be reached."""
@@ -63,6 +81,14 @@ class Driver:
         """Writes a raw (already unscaled) value to a writable point."""
         raise NotImplementedError(f"driver '{self.config.driver}' does not support writes")
 
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """The devices this driver finds on the line at `port`, for `edge-agent scan`.
+
+        Blocking and read only: a driver whose protocol can find its devices (an M-Bus
+        address sweep) overrides this; the core knows the driver only by its name."""
+        raise NotImplementedError("this driver cannot search a line for devices")
+
 
 class BlockingDriver(Driver):
     """For drivers built on blocking libraries (pyusb, blocking serial reads).
@@ -80,3 +106,27 @@ class BlockingDriver(Driver):
 
     async def close(self) -> None:
         await super().close()
+
+
+def point_specs(driver: Driver) -> dict[str, PointSpec]:
+    """Every metric of a device with how the core normalises it, by name.
+
+    Built from the device's configured points (`DeviceConfig.point_configs()`, each point's
+    `to_spec()`), so deadband, heartbeat, limits, writable and the value type hold for every
+    driver whatever its config calls its list; then the metrics the driver adds itself
+    (`Driver.points()`). For a metric in both, the config decides and the driver fills in
+    what only the device knows and the config left open: the unit (from a DBC or an OBIS
+    table) and the value type. A driver that cannot write has no writable points.
+    """
+    specs = {spec.name: spec for spec in driver.points()}
+    for point in driver.config.point_configs():
+        spec = point.to_spec()
+        known = specs.get(spec.name)
+        if known is not None:
+            spec = dataclasses.replace(
+                spec, unit=known.unit if spec.unit is None else spec.unit,
+                value_type=spec.value_type or known.value_type)
+        if spec.writable and not driver.can_write:
+            spec = dataclasses.replace(spec, writable=False)
+        specs[spec.name] = spec
+    return specs

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
 
+from edge_agent.driver import Driver
 from edge_agent.errors import DriverLoadError
-
-if TYPE_CHECKING:
-    from edge_agent.driver import Driver
 
 GROUP = "edge_agent.drivers"
 
@@ -25,8 +22,6 @@ def available() -> list[str]:
 
 @cache
 def load(name: str) -> type[Driver]:
-    from edge_agent.driver import Driver
-
     matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not matches:
         raise DriverLoadError(f"'{name}' is not one of {', '.join(available()) or 'no drivers'}")

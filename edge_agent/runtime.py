@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from edge_agent.identity import client_id, node_name
 from edge_agent.ops import snapshot
 from edge_agent.ops.http import HttpServer
 from edge_agent.ops.metrics import AgentMetrics
-from edge_agent.outbox import open_outbox
+from edge_agent.outbox import Outbox, open_outbox
 from edge_agent.outputs.base import Output
 from edge_agent.reload import WATCH_INTERVAL, ConfigWatcher, ReloadPlan, plan
 from edge_agent.supervision.device import DeviceRunner, poll_phase
@@ -221,16 +221,36 @@ class Agent:
                                     self.watch_interval or WATCH_INTERVAL)
             self._spawn(watcher.run())
         await stop.wait()
+        await self._shut_down(udev, outbox)
+
+    async def _shut_down(self, udev: UdevMonitor, outbox: Outbox) -> None:
+        """Stops everything in order. A step that fails is logged and the next one runs, so
+        SIGTERM always ends in `agent_stopped` and exit 0, whatever state the buffer is in."""
         self.log.info("agent_stopping", grace=self.config.shutdown_grace)
-        udev.stop()
+        step = self._shutdown_step
+        await step("hotplug", udev.stop)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await supervisor.stop_all()
-        drained = await self.delivery.drain(self.config.shutdown_grace)
-        for runner in supervisor.runners.values():
-            runner.set_status("disconnected", None)
-        await self._stop_output()
-        await self._stop_http()
-        self.log.info("agent_stopped", drained=drained, kept=outbox.depth())
-        outbox.close()
+        await step("devices", self.supervisor.stop_all)
+        drained = await step("drain", self.delivery.drain, self.config.shutdown_grace)
+
+        def disconnected() -> None:
+            for runner in self.supervisor.runners.values():
+                runner.set_status("disconnected", None)
+        await step("statuses", disconnected)
+        await step("output", self._stop_output)
+        await step("http", self._stop_http)
+        kept = await step("buffer", outbox.depth)
+        self.log.info("agent_stopped", drained=bool(drained), kept=kept)
+        await step("buffer", outbox.close)
+
+    async def _shutdown_step(self, name: str, func: Callable[..., Any], *args: Any) -> Any:
+        try:
+            result = func(*args)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+        except Exception as exc:
+            self.log.error("shutdown_step_failed", step=name, error=repr(exc))
+            return None

@@ -1,4 +1,5 @@
-"""`edge-agent scan`: serial ports and USB devices with their stable identities.
+"""`edge-agent scan`: serial ports and USB devices with their stable identities, and the
+devices on one line where a driver can search it (`--mbus PORT`).
 
 For each, what survives a replug or reboot (the /dev/serial/by-id link, VID:PID and serial
 number, the USB bus path) and a config snippet using it, so a user copies an identity into
@@ -28,6 +29,32 @@ def scan(out: TextIO) -> int:
     found = _serial_ports(out) + _usb_devices(out)
     if not found:
         print("nothing to configure: no serial ports or USB devices were found", file=out)
+    return 0
+
+
+def search_line(driver_name: str, port: str, out: TextIO, **options: Any) -> int:
+    """`scan --mbus PORT`: the devices a driver finds on one line (the driver knows how).
+
+    The core names the driver only by its registered name, so a third-party driver can offer
+    the same. Exit 0 with what was found (nothing found is said, not an error), 2 when the
+    driver cannot search or the port cannot be opened."""
+    from edge_agent import registry
+
+    try:
+        driver = registry.load(driver_name)
+        found = driver.discover(port, **options)
+    except NotImplementedError as exc:
+        print(f"edge-agent: scan: {driver_name}: {exc}", file=out)
+        return 2
+    except DeviceError as exc:
+        print(f"edge-agent: scan: {port}: {exc}", file=out)
+        return 2
+    print(f"{driver_name} line {port}: {len(found)} found", file=out)
+    for item in found:
+        print(f"  {item.description}", file=out)
+        if item.config:
+            print("    config:", file=out)
+            _snippet([item.config], out)
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.broker import Mosquitto
+from edge_agent_simulators.broker import Mosquitto
 from tests.helpers import AgentProcess, SimulatorThread, Subscriber
 
 

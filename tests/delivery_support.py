@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -13,7 +16,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.broker import Mosquitto
+from edge_agent_simulators.broker import Mosquitto
 
 #: mosquitto as root drops to user "mosquitto", which cannot read our temp folders
 ROOT_OK = "user root"
@@ -120,3 +123,184 @@ def agent_config(sims: Any, url: str | list[str], buffer: Path | None, **mqtt: A
 def sleep_through(seconds: float) -> None:
     """A scenario's duration (an outage that lasts N seconds), not a synchronisation."""
     time.sleep(seconds)
+
+
+# -- disk faults -----------------------------------------------------------------------------
+def closed_port_url() -> str:
+    """A broker URL where nothing listens: the agent builds a backlog on disk."""
+    from edge_agent_simulators.broker import free_port
+
+    return f"mqtt://127.0.0.1:{free_port()}"
+
+
+def flip_stored_bytes(path: Path, row_id: int, count: int = 4) -> tuple[str, int]:
+    """Changes `count` bytes in the middle of one row's stored payload, in the file itself
+    (SQLite does not checksum pages, so it cannot see this). Returns the row's (device, seq).
+    The agent must be stopped (the WAL checkpointed into the file)."""
+    with sqlite3.connect(path) as db:
+        device, seq, stored = db.execute(
+            "SELECT device, seq, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
+    db.close()
+    data = bytearray(path.read_bytes())
+    at = data.find(stored)
+    assert at >= 0 and data.find(stored, at + 1) < 0, "the row's bytes are not unique"
+    middle = at + len(stored) // 2
+    for i in range(middle, middle + count):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return device, seq
+
+
+def stored_rows(path: Path) -> list[tuple[int, str, int, int]]:
+    """(id, device, seq, zipped) of every row in the buffer file."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT id, device, seq, zipped FROM messages ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+class SmallFilesystem:
+    """A tmpfs of `size` mounted for one test: made full or read-only for real (the tests
+    run as root, which chmod does not stop). Skips the test where mounting is not allowed."""
+
+    def __init__(self, where: Path, size: str = "4m") -> None:
+        import pytest
+
+        self.path = where
+        where.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                 str(where)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.path)], check=True)
+
+    def fill(self, leave: int = 0) -> None:
+        """Writes a filler file until the filesystem is full (less `leave` bytes)."""
+        stat = os.statvfs(self.path)
+        free = stat.f_bavail * stat.f_frsize - leave
+        with contextlib.suppress(OSError), open(self.path / "filler", "wb") as f:
+            f.write(b"\0" * max(0, free))
+            f.write(b"\0" * (1 << 20))  # whatever is left, until ENOSPC
+        assert leave or os.statvfs(self.path).f_bavail == 0
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def assert_no_seq_reused(records: list[tuple[str, bytes, bool]]) -> None:
+    """A seq seen twice is always the very same message (a resend), never another reading."""
+    by_seq: dict[tuple[str, int], bytes] = {}
+    for _, payload, _ in records:
+        message = json.loads(payload)
+        key = (message["device"], message["seq"])
+        assert by_seq.setdefault(key, payload) == payload, f"seq {key} reused"
+
+
+class SilentBroker:
+    """A real MQTT 3.1.1 server on a socket that accepts connections, subscriptions and
+    pings, and takes every PUBLISH without ever acknowledging it: the agent stays connected
+    and its pump stalls (what a wedged broker or a broken bridge looks like)."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.publishes = 0
+        broker = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                sock = self.request
+                while True:
+                    head = _read_exactly(sock, 1)
+                    if not head:
+                        return
+                    length, shift = 0, 0
+                    while True:
+                        byte = _read_exactly(sock, 1)
+                        if not byte:
+                            return
+                        length |= (byte[0] & 0x7F) << shift
+                        shift += 7
+                        if not byte[0] & 0x80:
+                            break
+                    body = _read_exactly(sock, length) if length else b""
+                    kind = head[0] >> 4
+                    if kind == 1:  # CONNECT -> CONNACK, session not present, accepted
+                        sock.sendall(b"\x20\x02\x00\x00")
+                    elif kind == 3:  # PUBLISH: taken, never acknowledged
+                        broker.publishes += 1
+                    elif kind == 8:  # SUBSCRIBE -> SUBACK granting QoS 0 to each filter
+                        count, at = 0, 2
+                        while at < len(body):
+                            at += 2 + int.from_bytes(body[at:at + 2], "big") + 1
+                            count += 1
+                        sock.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x00" * count)
+                    elif kind == 12:  # PINGREQ -> PINGRESP
+                        sock.sendall(b"\xd0\x00")
+                    elif kind == 14:  # DISCONNECT
+                        return
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _read_exactly(sock: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        try:
+            chunk = sock.recv(count - len(data))
+        except OSError:
+            return b""
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+def flip_blob_to_text(path: Path, row_id: int) -> None:
+    """Flips the one bit in a row's record header that turns its payload's serial type from
+    BLOB (2n+12) into TEXT (2n+13), in the file itself: what one flipped bit does. The
+    payload bytes stay as they were (for JSON telemetry: not valid UTF-8 once compressed)."""
+    with sqlite3.connect(path) as db:
+        device, seq, topic, payload = db.execute(
+            "SELECT device, seq, topic, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
+    db.close()
+    body = device.encode() + _record_int(seq) + topic.encode() + payload
+    data = bytearray(path.read_bytes())
+    at = data.find(body)
+    assert at >= 0 and data.find(body, at + 1) < 0, "the row's record is not unique"
+    # header ... [payload type varint][zipped type][crc type] | body
+    blob_type = 2 * len(payload) + 12
+    varint = bytearray()
+    value = blob_type
+    varint.insert(0, value & 0x7F)
+    while value := value >> 7:
+        varint.insert(0, 0x80 | (value & 0x7F))
+    start = at - 2 - len(varint)
+    assert data[start:at - 2] == varint, "unexpected record header layout"
+    data[at - 3] |= 0x01  # 2n+12 -> 2n+13: TEXT
+    path.write_bytes(bytes(data))
+
+
+def _record_int(value: int) -> bytes:
+    """An integer as SQLite's record format stores it (0 and 1 take no bytes)."""
+    if value in (0, 1):
+        return b""
+    for size in (1, 2, 3, 4, 6, 8):
+        if -(1 << (8 * size - 1)) <= value < (1 << (8 * size - 1)):
+            return value.to_bytes(size, "big", signed=True)
+    raise ValueError(value)

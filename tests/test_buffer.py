@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.outbox import MemoryOutbox, open_outbox
@@ -169,9 +172,11 @@ def test_a_full_disk_degrades_to_memory_without_losing_or_reordering_anything(tm
         half = [row.id for row in outbox.fetch(0, 100)]
         outbox.ack(half)
         rows = outbox.fetch(0, 10_000)
-        outbox.close()
-        print(json.dumps({{"degraded": outbox.degraded, "seqs": [r.seq for r in rows],
-                          "depth": outbox.depth()}}))
+        degraded, depth = outbox.degraded, outbox.depth()
+        outbox.close()  # a last try to get back to disk: compressed, the 900 rows fit
+        on_disk = [r.seq for r in SqliteOutbox({str(path)!r}, 64 << 20).fetch(0, 10_000)]
+        print(json.dumps({{"degraded": degraded, "seqs": [r.seq for r in rows],
+                          "depth": depth, "on_disk": on_disk}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
@@ -180,6 +185,7 @@ def test_a_full_disk_degrades_to_memory_without_losing_or_reordering_anything(tm
     assert report["degraded"] and "buffering in memory" in report["degraded"]
     assert report["seqs"] == list(range(101, 1001))
     assert report["depth"] == 900
+    assert report["on_disk"] == list(range(101, 1001))
 
 
 def test_open_outbox_without_path_is_in_memory_and_with_path_is_sqlite(tmp_path):
@@ -212,3 +218,428 @@ def test_a_backlog_is_stored_compressed_and_replayed_byte_for_byte(tmp_path):
     assert [row.payload for row in again.fetch(0, 5000)] == payloads
     again.close()
 
+
+
+# -- faults: every row checked on the way out -------------------------------------------------
+def _stored(path: Path, row_id: int) -> tuple[bytes, int]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute("SELECT payload, zipped FROM messages WHERE id = ?", (row_id,)).fetchone()
+
+
+def _flip_in_file(path: Path, needle: bytes, offset: int, count: int = 4) -> None:
+    """Changes `count` bytes of the file where `needle` is stored: damage SQLite cannot see
+    (page contents are not checksummed)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at >= 0, "stored bytes not found in the file"
+    for i in range(at + offset, at + offset + count):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _backlog(path: Path, devices: tuple[str, ...] = ("a", "b"), count: int = 400,
+             log: Any = None) -> SqliteOutbox:
+    """A closed buffer with `count` messages per device: the first rows plain, the rest
+    (a backlog) compressed."""
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    for _ in range(count // 10):
+        for device in devices:
+            fill(outbox, device, 10)
+    outbox.close()
+    return outbox
+
+
+def _seqs_by_device(rows: list[Any]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for row in rows:
+        out.setdefault(row.device, []).append(row.seq)
+    return out
+
+
+def test_a_damaged_row_of_each_storage_form_is_quarantined_and_the_rest_go_on(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    _backlog(path)
+    plain_id, zipped_id = 5, 700
+    plain, plain_zipped = _stored(path, plain_id)
+    zipped, zipped_flag = _stored(path, zipped_id)
+    assert (plain_zipped, zipped_flag) == (0, 1)
+    _flip_in_file(path, plain, offset=20)  # bit rot inside JSON: still parses, wrong values
+    _flip_in_file(path, zipped, offset=len(zipped) // 2)  # zlib stream damaged
+
+    log = LogSink()
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    rows = []
+    while batch := outbox.fetch(rows[-1].id if rows else 0, 64):  # never raises
+        rows.extend(batch)
+        outbox.ack([row.id for row in batch])
+    outbox.flush()
+    ids = {row.id for row in rows}
+    assert plain_id not in ids and zipped_id not in ids
+    assert len(rows) == 800 - 2 and outbox.quarantined == 2
+    assert all(json.loads(row.payload)["seq"] == row.seq for row in rows)  # nothing garbled
+    quarantined = log.events("buffer_rows_quarantined")
+    assert [r["device"] for e in quarantined for r in e["ranges"]] == ["a", "b"]
+    assert {r["reason"] for e in quarantined for r in e["ranges"]} == {"checksum mismatch"}
+    outbox.close()
+    with sqlite3.connect(path) as db:  # set aside for inspection, out of the message table
+        assert db.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 2
+        assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_header_flips_lose_only_the_damaged_rows_never_the_backlog(tmp_path):
+    """A BLOB read back as non-UTF-8 TEXT (one flipped bit in a record header) used to fail
+    the whole backlog read; the bytes are intact, so the row is simply delivered. A seq
+    turned into text or a device name into a blob cannot be trusted: that row alone goes."""
+    path = tmp_path / "b.sqlite3"
+    _backlog(path, devices=("a", "b", "c"), count=100)
+    from tests.delivery_support import flip_blob_to_text
+
+    assert _stored(path, 290)[1] == 1  # compressed: as TEXT, not valid UTF-8
+    flip_blob_to_text(path, 4)  # one bit in the file: the payload's BLOB type becomes TEXT
+    flip_blob_to_text(path, 290)
+    with sqlite3.connect(path) as db:  # more type damage, made through SQLite
+        db.execute("UPDATE messages SET payload = CAST(x'ff' || payload AS TEXT) WHERE id = 3")
+        db.execute("UPDATE messages SET seq = 'x' || seq WHERE id = 10")
+        db.execute("UPDATE messages SET device = CAST(device AS BLOB) || x'ff' WHERE id = 20")
+    log = LogSink()
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    rows = outbox.fetch(0, 1000)
+    assert {row.id for row in rows} == set(range(1, 301)) - {3, 10, 20}
+    assert outbox.quarantined == 3 and outbox.depth() == 297
+    assert json.loads(next(r for r in rows if r.id == 4).payload)["seq"] == 4
+    with sqlite3.connect(path) as db:  # the flip was real: SQLite itself now says TEXT
+        assert db.execute("SELECT typeof(payload) FROM messages WHERE id IN (4, 290)"
+                          ).fetchall() == [("text",), ("text",)]
+        with pytest.raises(sqlite3.OperationalError, match="UTF-8"):  # what used to happen
+            db.execute("SELECT payload FROM messages WHERE id = 290").fetchall()
+
+
+def test_a_buffer_without_checksums_migrates_without_losing_a_row(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    with sqlite3.connect(path) as db:  # the 0.2 schema: zipped but no crc
+        db.executescript("""
+            CREATE TABLE messages (id INTEGER PRIMARY KEY, device TEXT NOT NULL,
+                seq INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                zipped INTEGER NOT NULL DEFAULT 0);
+            CREATE TABLE seqs (device TEXT PRIMARY KEY, seq INTEGER NOT NULL);""")
+        import zlib
+        db.executemany("INSERT INTO messages VALUES (?, 'a', ?, 't', ?, ?)",
+                       [(n, n, zlib.compress(b"%d" % n) if n % 2 else b"%d" % n, n % 2)
+                        for n in range(1, 51)])
+        db.execute("INSERT INTO seqs VALUES ('a', 50)")
+    outbox = SqliteOutbox(path, 1 << 30)
+    assert [row.payload for row in outbox.fetch(0, 100)] == [b"%d" % n for n in range(1, 51)]
+    assert outbox.next_seq("a") == 51
+    fill(outbox, "a", 1)  # new rows get a checksum
+    outbox.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM messages WHERE crc IS NOT NULL").fetchone() == (1,)
+
+
+# -- faults: seq never reused --------------------------------------------------------------------
+def test_seq_is_never_reused_after_the_buffer_is_lost_between_runs(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 20)
+    fill(outbox, "a", 1500)  # crosses a reservation block
+    outbox.close()
+    for name in ("b.sqlite3", "b.sqlite3-wal", "b.sqlite3-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    log = LogSink()
+    again = SqliteOutbox(path, 1 << 20, log=log)
+    seq = again.next_seq("a")
+    assert seq > 1500  # a subscriber saw 1..1500: never again
+    jump = log.events("seq_resumed_after_reservation")[0]
+    assert jump["device"] == "a" and jump["gap_at_most"] >= seq - 1501
+    assert again.stats()["seq_skipped"] == jump["gap_at_most"]
+
+
+def test_a_corrupt_buffer_moved_aside_keeps_seq_going(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 20)
+    fill(outbox, "a", 30)
+    outbox.close()
+    path.write_bytes(b"garbage" * 1000)
+    again = SqliteOutbox(path, 1 << 20)
+    assert again.next_seq("a") > 30 and list(tmp_path.glob("b.sqlite3.corrupt-*"))
+
+
+def test_a_clean_restart_continues_seq_without_a_gap(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 20)
+    fill(outbox, "a", 1234)
+    outbox.close()
+    log = LogSink()
+    assert SqliteOutbox(path, 1 << 20, log=log).next_seq("a") == 1235
+    assert not log.events("seq_resumed_after_reservation")
+
+
+def test_a_broken_seq_state_file_is_reported_and_the_buffer_seq_used(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 20)
+    fill(outbox, "a", 12)
+    outbox.close()
+    state = tmp_path / "b.sqlite3.seq.json"
+    state.write_bytes(state.read_bytes().replace(b"[", b"[9", 1))  # a digit flipped in
+    log = LogSink()
+    again = SqliteOutbox(path, 1 << 20, log=log)
+    assert again.next_seq("a") == 13
+    broken = log.events("state_file_corrupt")
+    assert broken and broken[0]["error"] == "checksum mismatch" and broken[0]["moved_to"]
+
+
+# -- faults: the file deleted or replaced while running -----------------------------------------
+def _recovered(outbox: SqliteOutbox) -> bool:
+    outbox.flush()  # where the outbox acts on what its watch thread saw
+    return outbox.recoveries > 0
+
+
+def test_a_buffer_deleted_while_running_is_rebuilt_with_everything_it_held(tmp_path):
+    from tests.helpers import wait_until
+
+    path = tmp_path / "b.sqlite3"
+    log = LogSink()
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    fill(outbox, "a", 300)
+    outbox.ack([row.id for row in outbox.fetch(0, 50)])  # 50 acknowledged, not yet deleted
+    for name in ("b.sqlite3", "b.sqlite3-wal", "b.sqlite3-shm"):
+        (tmp_path / name).unlink()
+    wait_until(lambda: _recovered(outbox), timeout=5, what="the loss to be noticed")
+    assert log.events("buffer_file_lost")[0]["problem"] == "the buffer file disappeared"
+    fill(outbox, "a", 5)
+    assert [row.seq for row in outbox.fetch(0, 1000)] == list(range(51, 306))
+    outbox.close()
+    reopened = SqliteOutbox(path, 1 << 30)  # the new file holds them
+    assert [row.seq for row in reopened.fetch(0, 1000)] == list(range(51, 306))
+    assert reopened.next_seq("a") == 306
+
+
+def test_a_buffer_replaced_while_running_is_moved_aside_and_nothing_is_lost(tmp_path):
+    from tests.helpers import wait_until
+
+    path = tmp_path / "b.sqlite3"
+    log = LogSink()
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    fill(outbox, "a", 20)
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE unrelated (x)")
+    os.replace(other, path)
+    wait_until(lambda: _recovered(outbox), timeout=5, what="the replacement to be noticed")
+    assert [row.seq for row in outbox.fetch(0, 100)] == list(range(1, 21))
+    recovered = log.events("buffer_recovered")[0]
+    assert recovered["kept"] == 20 and "replaced" in recovered["moved_to"]
+    with sqlite3.connect(recovered["moved_to"]) as db:  # the stranger is kept for people
+        assert db.execute("SELECT count(*) FROM unrelated").fetchone() == (0,)
+    outbox.close()
+
+
+# -- the in-memory store: real memory, same accounting ------------------------------------------
+def test_memory_outbox_behaves_like_a_plain_ordered_dict_under_random_use():
+    import random
+
+    rng = random.Random(7)
+    outbox = MemoryOutbox(200_000)
+    model: dict[int, tuple[str, int, bytes]] = {}
+    for step in range(20_000):
+        action = rng.random()
+        if action < 0.6:
+            device = rng.choice("abc")
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+            seq = outbox.next_seq(device)
+            row_id = outbox.append(device, seq, f"t/{device}", payload)
+            model[row_id] = (device, seq, payload)
+            size = sum(len(p) + 3 + 40 for _, _, p in model.values())
+            while size > 200_000 and len(model) > 1:  # what drop-oldest must have done
+                oldest = min(model)
+                size -= len(model.pop(oldest)[2]) + 43
+        elif model:
+            some = rng.sample(sorted(model), min(len(model), rng.randrange(1, 20)))
+            outbox.ack(some)
+            for row_id in some:
+                model.pop(row_id)
+        if step % 500 == 0:
+            rows = outbox.fetch(0, 1_000_000)
+            assert [(r.id, r.device, r.seq, r.payload) for r in rows] == [
+                (i, *model[i]) for i in sorted(model)]
+            after = sorted(model)[len(model) // 2] if model else 0
+            assert [r.id for r in outbox.fetch(after, 7)] == [i for i in sorted(model)
+                                                              if i > after][:7]
+    assert outbox.depth() == len(model)
+    assert outbox.size_bytes() == sum(len(p) + 3 + 40 for _, _, p in model.values())
+
+
+def test_the_memory_buffer_holds_to_max_bytes_in_resident_memory(tmp_path):
+    """Fills a 32 MiB in-memory buffer with ~200-byte orjson payloads (what the runtime
+    makes) and measures the process's RSS, not a counter."""
+    script = textwrap.dedent("""
+        import json, resource, orjson
+        from edge_agent.outbox import MemoryOutbox
+
+        def rss():
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+
+        max_bytes = 32 << 20
+        outbox = MemoryOutbox(max_bytes)
+        before = rss()
+        for n in range(400_000):  # ~3x the limit: the oldest are dropped on the way
+            payload = orjson.dumps({"node": "n", "device": "d%d" % (n % 10), "seq": n,
+                                    "readings": [{"metric": "temperature", "value": n * 0.1,
+                                                  "unit": "Cel", "ts": 1795693500761,
+                                                  "quality": "good"}] * 2})
+            outbox.append("d%d" % (n % 10), n, "edge/node/d%d/telemetry" % (n % 10), payload)
+        print(json.dumps({"grew": rss() - before, "counted": outbox.size_bytes(),
+                          "depth": outbox.depth(), "dropped": outbox.dropped,
+                          "payload": len(payload)}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    print("memory buffer:", report)
+    assert 150 <= report["payload"] <= 300 and report["dropped"] > 0
+    assert report["counted"] <= 32 << 20
+    assert report["grew"] <= 1.15 * (32 << 20)  # was ~21x before the compact store
+
+
+# -- the WAL: bounded, and checkpoint failures seen ----------------------------------------------
+def test_the_wal_is_cut_back_after_checkpoints(tmp_path):
+    from edge_agent.store.sqlitefile import WAL_SIZE_LIMIT
+    from tests.helpers import wait_until
+
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    for _ in range(30):  # ~15 MB through the WAL, acknowledged as it goes
+        ids = fill(outbox, "a", 50, size=10_000)
+        outbox.ack(ids)
+    wal = tmp_path / "b.sqlite3-wal"
+    assert wal.stat().st_size > WAL_SIZE_LIMIT
+
+    def cut_back() -> bool:
+        fill(outbox, "a", 1)  # the next write after a complete checkpoint restarts the WAL
+        return wal.stat().st_size <= WAL_SIZE_LIMIT
+    wait_until(cut_back, timeout=10, interval=0.2, what="the WAL to be truncated")
+    assert outbox.stats()["wal_bytes"] <= WAL_SIZE_LIMIT
+    outbox.close()
+
+
+def test_checkpoint_failures_are_counted_and_logged_once_per_episode(tmp_path):
+    """Another connection holding the file locked (here: our writer in exclusive locking
+    mode) makes every checkpoint fail with `database is locked`."""
+    from tests.helpers import wait_until
+
+    log = LogSink()
+    outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 30, log=log)
+    outbox._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # type: ignore[union-attr]
+    fill(outbox, "a", 10)
+    wait_until(lambda: outbox.stats()["checkpoint_failures"] >= 2, timeout=10,
+               what="failing checkpoints")
+    failed = log.events("buffer_checkpoint_failed")
+    assert len(failed) == 1 and "locked" in failed[0]["error"]
+    outbox._db.execute("PRAGMA locking_mode=NORMAL")  # type: ignore[union-attr]
+    fill(outbox, "a", 1)  # the lock is given up at the end of the next transaction
+    wait_until(lambda: log.events("buffer_checkpoint_recovered"), timeout=10, what="recovery")
+    assert [row.seq for row in outbox.fetch(0, 100)] == list(range(1, 12))
+    outbox.close()
+
+
+def test_a_file_with_damaged_pages_is_salvaged_row_by_row_not_dropped_whole(tmp_path):
+    """A b-tree page overwritten (SQLite: `database disk image is malformed`): the file is
+    moved aside and every row on the pages still readable goes to the new file."""
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    for _ in range(12):
+        fill(outbox, "a", 10, size=1000)  # ~3 rows per 4 KiB page, the first 256 plain
+    outbox.close()
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    leaves = [n for n in range(1, len(data) // page_size)
+              if data[n * page_size] == 0x0D]  # table b-tree leaf pages (page 1 is schema)
+    victim = leaves[len(leaves) // 2]
+    data[victim * page_size:victim * page_size + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+
+    log = LogSink()
+    again = SqliteOutbox(path, 1 << 30, log=log)
+    rows = again.fetch(0, 1000)
+    assert log.events("buffer_corrupt_moved_aside") and log.events("buffer_salvaged")
+    assert 1 <= again.lost <= 4 and again.quarantined == 0
+    assert len(rows) == 120 - again.lost
+    assert [row.seq for row in rows] == sorted(row.seq for row in rows)
+    assert all(json.loads(row.payload)["seq"] == row.seq for row in rows)
+    assert again.next_seq("a") > 120  # the damaged file's seqs are never handed out again
+
+
+# -- state files: degrade like the buffer ---------------------------------------------------------
+def test_the_bdseq_state_is_kept_in_memory_when_its_file_cannot_be_written(tmp_path):
+    from edge_agent.outputs.sparkplug.session import BdSeqStore
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    log = LogSink()
+    store = BdSeqStore(blocker / "buffer.sqlite3.sparkplug.json", log)
+    store.advance(0)  # used to raise OSError on every connect
+    store.advance(1)
+    assert store.next == 2 and store.degraded and "kept in memory" in store.degraded
+    assert len(log.events("state_file_degraded")) == 1  # once, not per connect
+
+
+def test_a_broken_bdseq_file_is_reported_and_moved_aside_not_silently_reset(tmp_path):
+    from edge_agent.outputs.sparkplug.session import BdSeqStore
+
+    path = tmp_path / "buffer.sqlite3.sparkplug.json"
+    BdSeqStore(path).advance(41)
+    assert BdSeqStore(path).next == 42
+    path.write_bytes(path.read_bytes().replace(b"42", b"43"))  # bit rot: checksum fails
+    log = LogSink()
+    assert BdSeqStore(path, log).next == 0
+    broken = log.events("state_file_corrupt")
+    assert broken[0]["what"] == "sparkplug bdSeq" and broken[0]["moved_to"]
+    assert list(tmp_path.glob("buffer.sqlite3.sparkplug.json.corrupt-*"))
+
+
+def test_a_disk_that_takes_writes_again_gets_the_buffer_back_from_memory(tmp_path):
+    """Full (a real tmpfs filled up): memory; space freed: a new durable file with every row
+    still owed, in order, and the seqs, without a restart."""
+    from tests.delivery_support import SmallFilesystem
+    from tests.helpers import wait_until
+
+    fs = SmallFilesystem(tmp_path / "fs", size="1m")
+    try:
+        path = fs.path / "b.sqlite3"
+        log = LogSink()
+        outbox = SqliteOutbox(path, 64 << 20, log=log, retry_every=0.2)
+        fill(outbox, "a", 10)
+        fs.fill()
+        while not outbox.degraded:  # the WAL grows until the disk says no
+            fill(outbox, "a", 20, size=2000)
+        outbox.ack([row.id for row in outbox.fetch(0, 5)])  # acknowledged while in memory
+        (fs.path / "filler").unlink()
+        wait_until(lambda: (fill(outbox, "a", 1), outbox.degraded is None)[1], timeout=10,
+                   interval=0.1, what="back on disk")
+        assert log.events("buffer_durable_again")
+        seqs = [row.seq for row in outbox.fetch(0, 10_000)]
+        last = outbox.seqs.current["a"]
+        assert seqs == list(range(6, last + 1)) and outbox.dropped == 0
+        outbox.close()
+        reopened = SqliteOutbox(path, 64 << 20)
+        assert [row.seq for row in reopened.fetch(0, 10_000)] == seqs
+        assert reopened.next_seq("a") == last + 1
+        reopened.close()
+    finally:
+        fs.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_bytes_waiting_return_to_zero_when_everything_is_acknowledged(tmp_path, store):
+    """An alert on `edge_agent_buffer_bytes > 0` must clear once the buffer has drained."""
+    outbox = (SqliteOutbox(tmp_path / "b.sqlite3", 1 << 20) if store == "sqlite"
+              else MemoryOutbox(1 << 20))
+    for round_ in range(3):
+        fill(outbox, "a", 50 + round_)
+        fill(outbox, "b", 7)
+        assert outbox.size_bytes() > 0 and outbox.stats()["bytes"] > 0
+        outbox.ack([row.id for row in outbox.fetch(0, 1000)])
+        outbox.flush()
+        assert outbox.depth() == 0
+        assert outbox.size_bytes() == 0 and outbox.stats()["bytes"] == 0

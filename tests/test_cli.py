@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 
+from edge_agent import cli
 from tests.helpers import REPO, Subscriber, run_cli
 
 
@@ -82,3 +84,41 @@ def test_demo_uses_the_configured_broker(tmp_path, mosquitto):
         assert watcher.on("/boiler-1/telemetry"), "telemetry did not reach the configured broker"
     finally:
         watcher.close()
+
+
+def test_check_config_takes_the_file_as_run_does(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"node": "n1"}))
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    assert "node: n1" in capsys.readouterr().out
+    assert cli.main(["check-config", str(path), "-c", str(path)]) == 2
+    assert "name the file once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "check-config", "scan", "simulate", "demo"])
+def test_every_command_explains_itself_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 8, text  # a sentence, not a repeated summary
+    assert f"example:\n  edge-agent {command}" in text
+
+
+def test_simulate_names_its_spec_with_spec_and_keeps_c(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["simulate", "--spec", "s.yaml"]).spec == "s.yaml"
+    assert parser.parse_args(["simulate", "-c", "s.yaml"]).spec == "s.yaml"
+
+
+def test_a_command_whose_distribution_fails_to_import_says_why(tmp_path):
+    info = tmp_path / "broken_command-0.1.dist-info"  # installed, but its module is missing
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-command\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edge_agent.commands]\nbroken = nowhere_mod:add\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert run_cli("scan", env=env).returncode == 0  # the rest of the CLI works
+    result = run_cli("broken", env=env)
+    assert result.returncode == 1
+    assert "command 'broken' failed to load: ModuleNotFoundError" in result.stderr

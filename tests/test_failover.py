@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge_agent.broker import Mosquitto, free_port
+from edge_agent_simulators.broker import Mosquitto, free_port
 from tests.delivery_support import agent_config, events, gaps_and_duplicates, modbus_devices
 from tests.helpers import SimulatorThread, Subscriber, wait_until
 

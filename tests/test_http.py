@@ -8,7 +8,7 @@ import time
 import pytest
 
 from edge_agent import runtime
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 from tests.helpers import wait_until
 from tests.inprocess import AgentThread, http_get
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from edge_agent import config as config_mod
-from edge_agent.broker import free_port
 from edge_agent.reload import plan
+from edge_agent_simulators.broker import free_port
 from tests.helpers import wait_until
 from tests.inprocess import sample_value, scrape
 

@@ -51,7 +51,7 @@ def test_a_slow_poll_skips_ticks_and_stays_on_the_interval_grid(mosquitto, slow_
 
 
 def test_an_unreachable_device_is_retried_at_growing_intervals(mosquitto):
-    from edge_agent.broker import free_port
+    from edge_agent_simulators.broker import free_port
 
     port = free_port()  # nothing listens here
     config = {"node": "retry", "mqtt": {"url": mosquitto.url},

@@ -244,7 +244,7 @@ def test_rebirth_on_ncmd_and_dcmd_writes_reach_the_device_through_the_downlink_p
 
 def test_data_buffered_during_a_broker_outage_is_replayed_as_historical(
         boiler, start_agent, tmp_path):
-    from edge_agent.broker import Mosquitto
+    from edge_agent_simulators.broker import Mosquitto
 
     broker = Mosquitto().start()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.broker import Mosquitto, free_port
+from edge_agent_simulators.broker import Mosquitto, free_port
 from tests.certs import Pki, make_ca, make_pki
 from tests.delivery_support import ROOT_OK, agent_config, events, modbus_devices
 from tests.helpers import SimulatorThread, Subscriber, wait_until

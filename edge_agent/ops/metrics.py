@@ -77,6 +77,26 @@ class _SnapshotCollector(Collector):
                        "full (buffer.max_bytes)", buffer["dropped"])
         yield _gauge("edge_agent_buffer_degraded", "1 while the buffer cannot write to disk",
                      bool(buffer["degraded"]))
+        yield _counter("edge_agent_buffer_quarantined", "Buffered messages set aside unsent "
+                       "because they failed their checksum or could not be decoded or encoded",
+                       buffer["quarantined"])
+        yield _counter("edge_agent_buffer_lost", "Buffered messages lost to a damaged buffer "
+                       "file (unreadable pages)", buffer["lost"])
+        yield _counter("edge_agent_buffer_seq_skipped", "Telemetry seq numbers skipped at start "
+                       "because the buffer's own were lost (at most the gap a subscriber sees)",
+                       buffer["seq_skipped"])
+        yield _counter("edge_agent_buffer_recoveries", "Buffer files rebuilt while running "
+                       "(deleted, replaced or damaged)", buffer["recoveries"])
+        yield _counter("edge_agent_buffer_checkpoint_failures", "WAL checkpoints that failed",
+                       buffer["checkpoint_failures"])
+        yield _gauge("edge_agent_buffer_wal_bytes", "Size of the buffer's write-ahead log",
+                     buffer["wal_bytes"])
+        yield _gauge("edge_agent_state_degraded", "1 while a state file (seq reservations, "
+                     "Sparkplug bdSeq) cannot be written and is kept in memory",
+                     bool(buffer["state_degraded"]))
+        yield _gauge("edge_agent_publish_stalled_seconds", "Seconds messages have waited while "
+                     "connected with none acknowledged (0 while the buffer moves)",
+                     buffer["stalled_for"])
 
         reload = snap["reload"]
         yield _counter("edge_agent_config_reloads", "Configuration reloads attempted",

@@ -54,10 +54,23 @@ def call_in_loop(loop: asyncio.AbstractEventLoop | None, func: Callable[[], T],
         return None
 
 
+_NO_BUFFER: dict[str, Any] = {
+    "depth": 0, "bytes": 0, "dropped": 0, "degraded": None, "quarantined": 0, "lost": 0,
+    "seq_skipped": 0, "recoveries": 0, "checkpoint_failures": 0, "wal_bytes": 0,
+    "state_degraded": None, "last_recovery": None}
+
+
 class DeliveryState(Protocol):
     """What the snapshot reads of delivery (`edge_agent.delivery.Delivery`)."""
 
     outbox: Outbox
+
+    @property
+    def stall_after(self) -> float: ...
+
+    def stalled_for(self) -> float: ...
+
+    def state_degraded(self) -> str | None: ...
 
     @property
     def last_error(self) -> str | None: ...
@@ -78,6 +91,9 @@ def take(*, node: str, broker_urls: list[str], durable: bool,
          reload: Mapping[str, Any]) -> dict[str, Any]:
     """The agent's state as plain data; call on the event loop."""
     outbox = delivery.outbox if delivery is not None else None
+    stats = outbox.stats() if outbox is not None else _NO_BUFFER
+    if delivery is not None and not stats["state_degraded"]:
+        stats = {**stats, "state_degraded": delivery.state_degraded()}
     return {
         "node": node,
         "version": __version__,
@@ -88,11 +104,15 @@ def take(*, node: str, broker_urls: list[str], durable: bool,
         },
         "published": delivery.published_total() if delivery is not None else 0,
         "buffer": {
-            "depth": outbox.depth() if outbox is not None else 0,
-            "bytes": outbox.size_bytes() if outbox is not None else 0,
-            "dropped": getattr(outbox, "dropped", 0),
-            "degraded": getattr(outbox, "degraded", None),  # why it cannot write, or None
+            # depth, bytes, dropped, degraded (why it cannot write, or None), quarantined,
+            # lost, seq_skipped, recoveries, checkpoint_failures, wal_bytes, state_degraded,
+            # last_recovery ({seconds_ago, problem} of the last rebuilt buffer file, or None)
+            **stats,
             "durable": durable,
+            # messages waiting while connected and none acknowledged, in seconds; past
+            # `stall_after` the pump is stalled
+            "stalled_for": delivery.stalled_for() if delivery is not None else 0.0,
+            "stall_after": delivery.stall_after if delivery is not None else 0.0,
         },
         "reload": dict(reload),
         "devices": [device.report() for device in devices],

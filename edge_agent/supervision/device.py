@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import operator
 from collections import Counter
@@ -23,9 +22,8 @@ from typing import Any
 
 from edge_agent import logs
 from edge_agent.backoff import Backoff
-from edge_agent.config import DeviceConfig, PointConfig
-from edge_agent.decode import TYPE_NAMES
-from edge_agent.driver import Driver
+from edge_agent.config import DeviceConfig
+from edge_agent.driver import Driver, point_specs
 from edge_agent.errors import DeviceDisconnected, DeviceError
 from edge_agent.model import PointSpec, Sample
 from edge_agent.normalize import Normalizer, Scaling
@@ -78,47 +76,9 @@ class DeviceState:
     last_values: dict[str, Any] = field(default_factory=dict)
 
 
-def point_specs(driver: Driver, config: DeviceConfig) -> dict[str, PointSpec]:
-    """The driver's point specs, completed from the device's configured points.
-
-    Report-by-exception (`deadband`, `heartbeat`), limits and the raw type are keys of the
-    common point model (`PointConfig`), so the core fills them in for every driver whose
-    points or fields use it, and a driver's `points()` need not repeat them.
-    """
-    configured: dict[str, PointConfig] = {}
-    for key in ("points", "fields"):
-        for point in getattr(config, key, None) or []:
-            if isinstance(point, PointConfig):
-                configured[point.name] = point
-    specs: dict[str, PointSpec] = {}
-    for spec in driver.points():
-        point = configured.get(spec.name)
-        if point is not None:
-            size, percent = point.deadband_spec()
-            raw_type = getattr(point, "type", None)
-            spec = dataclasses.replace(
-                spec,
-                deadband=spec.deadband if spec.deadband is not None else size,
-                deadband_percent=spec.deadband_percent or percent,
-                heartbeat=spec.heartbeat if spec.heartbeat is not None else point.heartbeat,
-                minimum=spec.minimum if spec.minimum is not None else point.min,
-                maximum=spec.maximum if spec.maximum is not None else point.max,
-                value_type=spec.value_type or (raw_type if raw_type in TYPE_NAMES else None))
-        specs[spec.name] = spec
-    return specs
-
-
-def declared_point_types(specs: dict[str, PointSpec], config: DeviceConfig) -> dict[str, str]:
-    """The raw type each point declares (for Sparkplug datatypes), including the types the
-    common model does not decode (USB `int8`/`uint8`)."""
-    types = {name: spec.value_type for name, spec in specs.items() if spec.value_type}
-    for attr in ("points", "fields"):  # driver configs that declare point types (Modbus, USB)
-        for point in getattr(config, attr, None) or []:
-            kind = getattr(point, "type", None)
-            name = getattr(point, "name", None)
-            if isinstance(kind, str) and name and name not in types:
-                types[name] = kind
-    return types
+def declared_point_types(specs: dict[str, PointSpec]) -> dict[str, str]:
+    """The raw type each point declares (for Sparkplug datatypes), from its PointSpec."""
+    return {name: spec.value_type for name, spec in specs.items() if spec.value_type}
 
 
 class DeviceRunner:
@@ -193,11 +153,12 @@ class DeviceRunner:
         }
 
     def _load_points(self) -> None:
-        """The point metadata the core needs (the one call of `point_specs`)."""
+        """The point metadata the core needs (the one call of `point_specs`, which builds it
+        from the device's configured points by a typed contract: edge_agent.driver)."""
         if self.driver is None:
             return
-        self.points = point_specs(self.driver, self.config)
-        self.point_types = declared_point_types(self.points, self.config)
+        self.points = point_specs(self.driver)
+        self.point_types = declared_point_types(self.points)
         self.normalizer = Normalizer(list(self.points.values()))
 
     # -- supervision ---------------------------------------------------------------------

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,10 @@ class MqttPublisher:
         self.on_message = on_message
         self.on_acked = on_acked
         self.published = 0
+        #: monotonic time of the last sign that the outbox moves: an acknowledgement, an
+        #: empty outbox, a new connection (checked once a second; see stalled_for)
+        self._progressed = time.monotonic()
+        self._published_seen = 0
         self.rejected = 0  # MQTT 5 PUBACKs with a failure reason: the broker will not take it
         self.last_error: str | None = None
         self.url: str | None = None  # the broker currently connected to
@@ -241,7 +246,17 @@ class MqttPublisher:
     def _housekeeping(self, session: _Session) -> None:
         """paho's keepalive: PINGREQ when due, and the connection's death when PINGRESP is late."""
         session.misc = self._loop.call_later(1.0, self._housekeeping, session)
+        if self.published != self._published_seen or not self.outbox.depth():
+            self._published_seen = self.published
+            self._progressed = time.monotonic()
         self._check(session, session.client.loop_misc())
+
+    def stalled_for(self) -> float:
+        """Seconds messages have waited while connected with none acknowledged; 0 when the
+        outbox moves. Past `mqtt.keepalive` the pump is stalled (/readyz says so)."""
+        if not self.connected.is_set() or not self.outbox.depth():
+            return 0.0
+        return max(0.0, time.monotonic() - self._progressed - 1.0)  # the check's period
 
     def _check(self, session: _Session, rc: MQTTErrorCode) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -316,9 +331,15 @@ class MqttPublisher:
         while (room := self.config.inflight - len(inflight)) > 0:
             rows = self.outbox.fetch(session.cursor, room)
             skipped = []
+            set_aside = 0
             for row in rows:
                 session.cursor = row.id
-                message = encode(row)
+                try:
+                    message = encode(row)
+                except Exception as exc:  # this row, not the backlog: set aside, go on
+                    self.outbox.quarantine(row, f"does not encode: {exc!r}")
+                    set_aside += 1
+                    continue
                 if message is None:
                     skipped.append(row.id)
                 else:
@@ -329,7 +350,7 @@ class MqttPublisher:
                 self.outbox.ack(skipped)
                 if not self.outbox.depth():
                     self._emptied.set()
-            if len(rows) < room or not skipped:
+            if len(rows) < room or not (skipped or set_aside):
                 return
 
     def disconnect(self) -> None:
@@ -412,6 +433,7 @@ class MqttPublisher:
         for topic in self.wire.subscriptions():
             client.subscribe(topic, qos=1)
         self._flush(session)
+        self._progressed = time.monotonic()
         self.connected.set()
         self.wire.on_connected()
         self.pump()

@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_agent_drivers.iec62056 import codec
 from edge_agent_simulators.pty import Pty
+from edge_agent_simulators.running import Running
 from edge_agent_simulators.waves import Wave
 
 #: termios speed constants -> baud
@@ -157,8 +158,6 @@ class OpticalPort:
 async def start_iec62056(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: iec62056`: keys `serial_number`, `manufacturer`, `ident`, `max_baudrate`,
     `address`, `faults` ({silence, bad_bcc}: probabilities per readout)."""
-    from edge_agent_simulators.runner import Running
-
     options = dict(spec.model_extra or {})
     port = OpticalPort(ElectricityMeter(str(options.get("serial_number", "12345678"))),
                        manufacturer=str(options.get("manufacturer", "ISK")),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent_simulators.pty import Pty
+from edge_agent_simulators.running import Running
 from edge_agent_simulators.waves import Wave
 
 
@@ -41,7 +42,7 @@ class PtyPort(Pty):
                 break
             line, self._buffer = self._buffer[:cut], self._buffer[cut + 1:]
             if line:
-                self._on_line(line)  # type: ignore[misc]
+                self._on_line(line)  # type: ignore[misc]  # a callable attribute, not a method
 
     def every(self, period: float, tick: Callable[[], None]) -> None:
         """Calls `tick` every `period` seconds on a fixed schedule until closed."""
@@ -200,8 +201,6 @@ SICS_PATTERN = r"^S\s+(?P<stable>[SD])\s+(?P<weight>[-+]?\d+(?:\.\d+)?)\s+(?P<un
 async def start_scale(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: scale`: keys `unit`, `decimals`, `capacity`, `cycle` (s per load cycle),
     `mode` (`poll`: the agent sends SI every interval; `stream`: it sends SIR once)."""
-    from edge_agent_simulators.runner import Running
-
     options = dict(spec.model_extra or {})
     unit = str(options.get("unit", "kg"))
     scale = SicsScale(unit=unit, decimals=int(options.get("decimals", 3)),
@@ -226,8 +225,6 @@ async def start_scale(spec: Any, running: dict[str, Any]) -> Any:
 async def start_csv_sensor(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: csv-sensor`: keys `rate` (lines/s), `noise` (probability of a garbage line),
     `values` ({temperature|humidity|pressure: a wave spec})."""
-    from edge_agent_simulators.runner import Running
-
     options = dict(spec.model_extra or {})
     sensor = CsvSensor(rate=float(options.get("rate", 1 / spec.interval)),
                        noise=float(options.get("noise", 0.0)), values=options.get("values"))

@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_agent_drivers.mbus import frames
 from edge_agent_simulators.pty import Pty
+from edge_agent_simulators.running import Running
 
 MEDIUM_HEAT, MEDIUM_WATER = 0x04, 0x07
 
@@ -211,8 +212,6 @@ async def start_mbus(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: mbus`: a line with a heat meter (primary 5, id 12345678, two telegrams) and a
     water meter (primary 7, id 87654321). Keys: `meters` (a list of `{type: heat|water,
     address, id}`), `faults` ({bad_checksum, silence}: probabilities per answer)."""
-    from edge_agent_simulators.runner import Running
-
     options = dict(spec.model_extra or {})
     meters = []
     for entry in options.get("meters") or [{"type": "heat"}, {"type": "water"}]:

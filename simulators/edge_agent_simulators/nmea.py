@@ -25,6 +25,7 @@ from edge_agent_drivers.nmea.codec import (
     parse_longitude,
 )
 from edge_agent_simulators.line import PtyPort
+from edge_agent_simulators.running import Running
 
 EARTH_RADIUS = 6_371_000.0
 KNOTS_PER_MS = 3600 / 1852
@@ -165,8 +166,6 @@ async def start_nmea(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: nmea`: keys `rate` (epochs/s), `route` ([[lat, lon], ...]), `speed` (m/s),
     `talker`, `altitude`, `satellites`, `sentences`, `faults` ({bad_checksum, truncated,
     noise}: probabilities per sentence), `seed`."""
-    from edge_agent_simulators.runner import Running
-
     options = dict(spec.model_extra or {})
     device = NmeaDevice(receiver_from_spec(options), rate=float(options.get("rate", 1.0)))
     config = {"name": spec.name, "driver": "nmea", "port": device.path, "baudrate": 9600}

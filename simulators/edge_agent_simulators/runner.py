@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.decode import register_count
@@ -13,27 +12,10 @@ from edge_agent_simulators.line import start_csv_sensor, start_scale
 from edge_agent_simulators.mbus import start_mbus
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
+from edge_agent_simulators.running import Running
 from edge_agent_simulators.spec import DeviceSpec, SimSpec
 from edge_agent_simulators.usb.bus import start_usb
 from edge_agent_simulators.waves import Wave
-
-
-@dataclass
-class Running:
-    """A started simulator: where it listens and the agent device config that reaches it."""
-
-    name: str
-    where: str
-    device_config: dict[str, Any]
-    handle: Any = None
-    units: dict[int, Unit] = field(default_factory=dict)
-    #: environment the agent needs to reach this device (simulated USB: the backend)
-    env: dict[str, str] = field(default_factory=dict)
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
 
 Starter = Callable[[DeviceSpec, dict[str, Running]], Awaitable[Running]]
 
@@ -52,7 +34,7 @@ def _scaled_wave(register: Any) -> Wave:
     wave = Wave(register.value)
     if register.scale != 1.0:
         inner = wave.value
-        wave.value = lambda: inner() / register.scale  # type: ignore[method-assign]
+        wave.value = lambda: inner() / register.scale  # type: ignore[method-assign]  # wraps it
     return wave
 
 

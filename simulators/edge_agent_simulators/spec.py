@@ -22,7 +22,7 @@ class RegisterSpec(BaseModel):
     name: str
     table: Literal["holding", "input", "coil", "discrete"] = "holding"
     address: int = Field(ge=0, le=65535)
-    type: Literal[TYPE_NAMES] = "uint16"  # type: ignore[valid-type]
+    type: Literal[TYPE_NAMES] = "uint16"  # type: ignore[valid-type]  # pydantic reads the tuple
     order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
     length: int = 1
     scale: float = 1.0

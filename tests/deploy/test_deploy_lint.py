@@ -4,6 +4,7 @@ hadolint on the Dockerfile. Every checkov skip must carry its reason next to it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from _deploy_support import DEPLOY, REPO, find_tool
 
 def checkov(*args: str) -> list[dict[str, Any]]:
     # --skip-download: no calls to the vendor's API (no network here); results stay the same.
+    # One process: checkov's fork workers report through a multiprocessing manager whose pipe
+    # broke under load on a busy 2-core CI machine (BrokenPipeError, exit 2).
+    env = {**os.environ, "CHECKOV_PARALLELIZATION_TYPE": "none"}
     done = subprocess.run([find_tool("checkov"), *args, "--skip-download", "--output", "json",
                            "--compact"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode in (0, 1), done.stderr[-3000:]
     reports = json.loads(done.stdout)
     return reports if isinstance(reports, list) else [reports]

@@ -6,6 +6,8 @@ the Dockerfile (its WORKDIR, COPY, ENV and RUN lines, the RUN commands verbatim 
 /opt/venv and /src move into a temp dir), and then, as the image's numeric USER, runs the image's
 ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
 `edge-agent simulate` and a real Mosquitto, probing the paths the DaemonSet's probes use.
+The image ships no simulators (edge-agent-simulators is test tooling), so `simulate` runs from
+the test's own environment, and the ptys it opens are handed to the image's user.
 What stays unproven: the runtime stage's apt packages (libusb, tini) and the base image itself.
 """
 
@@ -31,7 +33,7 @@ import pytest
 import yaml
 from _deploy_support import DEPLOY, REPO, agent_container, daemonsets, in_ci, render
 
-from edge_agent.broker import free_port
+from edge_agent_simulators.broker import free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -103,7 +105,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert not [p for p in sent if "__pycache__" in p or p.endswith(".pyc")]
     tops = {p.split("/")[0] for p in sent}
     assert tops <= {"requirements.lock", "pyproject.toml", "README.md",
-                    "edge_agent", "drivers", "simulators"}, tops
+                    "edge_agent", "drivers"}, tops
 
 
 # ---- running as the image's user --------------------------------------------------------------
@@ -226,6 +228,9 @@ pytestmark = pytest.mark.timeout(900)
 
 def test_build_stage_installs_a_working_console_script(venv: Path, image_root: Path) -> None:
     assert (venv / "bin/edge-agent").exists()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    installed = {p.name.split("-")[0] for p in site.glob("edge_agent*.dist-info")}
+    assert installed == {"edge_agent", "edge_agent_drivers"}, "no test tooling in the image"
     assert not (venv / "bin/pip").exists(), "the build stage removes pip from the shipped venv"
     done = subprocess.run(as_user([*entrypoint(venv), "--version"]), capture_output=True,
                           text=True, timeout=60, env=runtime_env(image_root))
@@ -273,11 +278,14 @@ def test_installed_agent_runs_against_a_simulator_as_the_image_user(
         venv: Path, image_root: Path, mosquitto: Any, subscriber: Any) -> None:
     env = runtime_env(image_root)
     simulate = subprocess.Popen(
-        as_user([*entrypoint(venv), "simulate", "--broker", mosquitto.url]),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [sys.executable, "-m", "edge_agent", "simulate", "--broker", mosquitto.url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     agent = None
     try:
         config = read_simulator_config(simulate)
+        for device in config["devices"]:  # the simulator's ptys, opened by the image's user
+            if os.geteuid() == 0 and str(device.get("port", "")).startswith("/dev/"):
+                os.chown(device["port"], image_user()[0], -1)
         data = image_root / "var-lib-edge-agent"  # the hostPath, owned by the image's uid
         data.mkdir(exist_ok=True)
         if os.geteuid() == 0:

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from edge_agent.config import ConfigError, validate
 from edge_agent.model import BAD, GOOD, UNCERTAIN
+from edge_agent.sdk import LineSplitter
 from edge_agent_drivers.line.codec import LineError, LineParser
 from edge_agent_drivers.line.config import LineDevice
-from edge_agent_drivers.line.framing import LineSplitter
 from edge_agent_simulators.line import SICS_PATTERN, SicsScale
 
 

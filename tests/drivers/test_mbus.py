@@ -195,3 +195,51 @@ def test_scan_finds_meters_by_primary_sweep_and_by_secondary_search_even_at_one_
             bus.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_scan_mbus_prints_each_meter_with_a_config_that_check_config_accepts(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from edge_agent_simulators.mbus import MbusLine as SimLine
+
+    async def serve(ready, stop) -> None:
+        bus = SimLine([heat_meter(), water_meter()])
+        ready.append(bus.path)
+        while not stop:
+            await asyncio.sleep(0.05)
+        bus.close()
+
+    import threading
+
+    ready: list[str] = []
+    stop: list[bool] = []
+    thread = threading.Thread(target=lambda: asyncio.run(serve(ready, stop)), daemon=True)
+    thread.start()
+    try:
+        while not ready:
+            thread.join(0.01)
+        done = subprocess.run([sys.executable, "-m", "edge_agent", "scan", "--mbus", ready[0],
+                               "--secondary"], capture_output=True, text=True, timeout=60)
+    finally:
+        stop.append(True)
+        thread.join(5)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 found" in done.stdout
+    assert "id 12345678, manufacturer KAM" in done.stdout
+    lines = done.stdout.splitlines()
+    start = lines.index("    config:") + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("      "):
+            break
+        block.append(line[6:])
+    devices = yaml.safe_load("\n".join(block))
+    assert devices[0]["driver"] == "mbus" and devices[0]["secondary"] in ("12345678", "87654321")
+    path = tmp_path / "found.yaml"
+    path.write_text(yaml.safe_dump({"devices": devices}))
+    check = subprocess.run([sys.executable, "-m", "edge_agent", "check-config", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -1,7 +1,7 @@
 """USB devices end to end: simulated devices, the agent as a subprocess, Mosquitto, a subscriber.
 
 The agent process finds the simulated devices through env EDGE_AGENT_USB_BACKEND (pyusb's
-backend interface) and EDGE_AGENT_USB_SIM; the test unplugs and replugs a device by removing
+backend interface) and EDGE_SIMULATORS_USB_SPEC; the test unplugs and replugs a device by removing
 and recreating its present-file, which the backend in the agent process sees at its next call.
 """
 
@@ -101,7 +101,8 @@ def test_simulate_usb_kind_gives_a_config_and_env_an_agent_reads_through(
         assert th.where.startswith("usb 1a86:e025 serial TH-9 (agent env: EDGE_AGENT_USB_BACKEND=")
         assert th.device_config["endpoint"] == "0x81"
         env = th.handle.env  # both devices share one simulated bus, one env
-        assert sims.by_name("logger-1").handle is None and env["EDGE_AGENT_USB_SIM"] in th.where
+        assert sims.by_name("logger-1").handle is None
+        assert env["EDGE_SIMULATORS_USB_SPEC"] in th.where
         agent = start_agent(sims.agent_config(mosquitto.url, usb=True, node="n2"), env=env)
         message = subscriber.wait_for("n2/th-1/telemetry")[0]
         assert message["readings"][0] == {**message["readings"][0], "metric": "temperature",

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from edge_agent.config import DeviceConfig, PointConfig
+from edge_agent.sdk import DeviceConfig, PointConfig
 
 #: python-can interfaces reached through a serial port: one owner per port applies to them
 SERIAL_INTERFACES = frozenset({"slcan", "serial", "robotell", "seeedstudio"})
@@ -41,6 +41,9 @@ class CanDevice(DeviceConfig):
     #: python-can keyword arguments for the interface (e.g. tty_baudrate for slcan)
     options: dict[str, Any] = Field(default_factory=dict)
     _database: Any = PrivateAttr(None)
+
+    def point_configs(self) -> list[SignalPoint]:
+        return self.points
 
     @model_validator(mode="after")
     def _load_dbc(self) -> CanDevice:

@@ -22,14 +22,20 @@ from typing import Any
 
 import can
 
-from edge_agent import logs
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected
-from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import (
+    BAD,
+    GOOD,
+    DeviceDisconnected,
+    Driver,
+    FaultTally,
+    PointSpec,
+    Reading,
+    Sample,
+    get_logger,
+    resolve_port,
+)
 from edge_agent_drivers.can.config import SERIAL_INTERFACES, CanDevice
 from edge_agent_drivers.can.units import ucum
-from edge_agent_drivers.line.tally import FaultTally
 
 #: SocketCAN error class bit for bus-off (linux/can/error.h CAN_ERR_BUSOFF)
 CAN_ERR_BUSOFF = 0x40
@@ -44,8 +50,8 @@ class CanDriver(Driver):
     def __init__(self, config: CanDevice) -> None:
         super().__init__(config)
         self.config: CanDevice = config
-        self.log = logs.get("edge_agent.driver.can", device=config.name)
-        self.errors = FaultTally(self.log, "can_fault")
+        self.log = get_logger("edge_agent.driver.can", device=config.name)
+        self.errors: FaultTally = FaultTally(self.log, "can_fault")
         db = config.database
         wanted = set(config.messages or ())
         self._messages = {m.frame_id: m for m in db.messages

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edge_agent.config import PointConfig
-from edge_agent_drivers.line.config import SerialDevice
+from edge_agent.sdk import PointConfig, SerialDevice
 
 #: a readout at 300 baud sign-on takes one to several seconds, and many meters count optical
 #: readouts or lock the port for a while after one: never ask more often than this
@@ -34,6 +33,9 @@ class Iec62056Device(SerialDevice):
     points: list[ObisPoint] = Field(default_factory=list)
     #: publish the codes that `points` does not list (named from the code table or the code)
     all_codes: bool = True
+
+    def point_configs(self) -> list[ObisPoint]:
+        return self.points
 
     @model_validator(mode="after")
     def _unique_codes(self) -> Iec62056Device:

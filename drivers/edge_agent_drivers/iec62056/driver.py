@@ -14,14 +14,24 @@ from typing import Any
 
 import serial
 
-from edge_agent import logs
-from edge_agent.driver import BlockingDriver
-from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
-from edge_agent.model import BAD, GOOD, UNCERTAIN, PointSpec, Reading, Sample, now_ms
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import (
+    BAD,
+    GOOD,
+    UNCERTAIN,
+    BlockingDriver,
+    DeviceDisconnected,
+    DeviceTimeout,
+    FaultTally,
+    PointSpec,
+    ProtocolError,
+    Reading,
+    Sample,
+    get_logger,
+    now_ms,
+    resolve_port,
+)
 from edge_agent_drivers.iec62056 import codec, obis
 from edge_agent_drivers.iec62056.config import Iec62056Device
-from edge_agent_drivers.line.tally import FaultTally
 
 
 class Iec62056Driver(BlockingDriver):
@@ -30,10 +40,10 @@ class Iec62056Driver(BlockingDriver):
     def __init__(self, config: Iec62056Device) -> None:
         super().__init__(config)
         self.config: Iec62056Device = config
-        self.log = logs.get("edge_agent.driver.iec62056", device=config.name)
+        self.log = get_logger("edge_agent.driver.iec62056", device=config.name)
         #: survived problems by kind (a data line that cannot be read, a unit that does not
         #: convert): the device's error counter, so they reach /metrics by kind
-        self.errors = FaultTally(self.log, "iec62056_dropped")
+        self.errors: FaultTally = FaultTally(self.log, "iec62056_dropped")
         self._serial: Any = None
         #: normalised code -> (metric, unit) for every code this device publishes by config
         self._named = {codec.normalise_code(p.obis): (p.name, p.unit) for p in config.points}

@@ -1,6 +1,5 @@
 """Line-based ASCII instruments (driver `line`): scales, analysers, Arduino-style sensors.
 
-Also home of the serial plumbing every line-oriented driver shares (NMEA 0183 is one):
-`transport` reads a port through the event loop, `framing` cuts bytes into lines, `tally`
-counts and logs what was dropped.
+The serial plumbing it shares with every serial driver (the transport, line framing, the
+tally of dropped input) is the SDK's: see edge_agent.sdk.
 """

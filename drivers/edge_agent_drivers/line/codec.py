@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.model import BAD, GOOD, UNCERTAIN, Reading
+from edge_agent.sdk import BAD, GOOD, UNCERTAIN, Reading
 from edge_agent_drivers.line.config import LineDevice, LineField
 
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
@@ -94,9 +94,9 @@ class LineParser:
 
     def __init__(self, config: LineDevice) -> None:
         self.format = config.format
-        as_source = int if config.format == "delimited" else _json_path
-        if config.format == "regex":
-            as_source = str
+        as_source: Callable[[str | int], Any] = (
+            str if config.format == "regex" else int if config.format == "delimited"
+            else _json_path)
         self.fields = [_Field(f, as_source(f.where)) for f in config.fields]
         self.rules = [(as_source(q.source), frozenset(q.good), q.otherwise)
                       for q in config.quality]
@@ -132,7 +132,7 @@ class LineParser:
 
     def _extract(self, text: str) -> Callable[[Any], Any]:
         if self.format == "regex":
-            match = self._pattern.search(text)  # type: ignore[union-attr]
+            match = self._pattern.search(text)  # type: ignore[union-attr]  # regex needs one
             if match is None:
                 raise LineError("no_match", "the line does not match the pattern")
             return match.group

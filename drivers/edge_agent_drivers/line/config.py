@@ -1,4 +1,4 @@
-"""Config schema of the `line` driver, and the serial settings every serial driver shares."""
+"""Config schema of the `line` driver."""
 
 from __future__ import annotations
 
@@ -6,21 +6,9 @@ import codecs
 import re
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edge_agent.config import DeviceConfig, PointConfig, Strict
-
-
-class SerialDevice(DeviceConfig):
-    """A device on a serial port: a path, a pyserial URL or a `usb:VID:PID[:SERIAL]` identity."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    port: str = Field(min_length=1)
-    baudrate: int = Field(9600, ge=50, le=4_000_000)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
+from edge_agent.sdk import PointConfig, SerialDevice, Strict
 
 
 def unescape(text: str) -> str:
@@ -41,6 +29,9 @@ class LineField(PointConfig):
         if isinstance(value, dict):  # YAML reads `1: on` with an int key; lines are text
             return {str(k): v for k, v in value.items()}
         return value
+
+    def value_type(self) -> str | None:
+        return self.type if self.type in ("bool", "string") else None  # int, float: any size
 
     @property
     def where(self) -> str | int:
@@ -73,6 +64,9 @@ class LineDevice(SerialDevice):
     max_line: int = Field(4096, ge=16, le=1 << 20)
     fields: list[LineField] = Field(min_length=1)
     quality: list[QualityRule] = Field(default_factory=list)
+
+    def point_configs(self) -> list[LineField]:
+        return self.fields
 
     @field_validator("command", "setup", "terminator", "delimiter")
     @classmethod

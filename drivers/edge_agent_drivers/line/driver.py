@@ -12,15 +12,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from edge_agent import logs
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceTimeout,
+    Driver,
+    FaultTally,
+    LineSplitter,
+    ProtocolError,
+    Reading,
+    Sample,
+    SerialTransport,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.line.codec import LineError, LineParser
 from edge_agent_drivers.line.config import LineDevice
-from edge_agent_drivers.line.framing import LineSplitter
-from edge_agent_drivers.line.tally import FaultTally
-from edge_agent_drivers.line.transport import SerialTransport
 
 
 class LineDriver(Driver):
@@ -31,7 +37,7 @@ class LineDriver(Driver):
         self.config: LineDevice = config
         self.streaming = config.mode == "stream"  # type: ignore[misc]  # per device, not class
         self.parser = LineParser(config)
-        self.log = logs.get("edge_agent.driver.line", device=config.name)
+        self.log = get_logger("edge_agent.driver.line", device=config.name)
         #: inputs dropped since start, by kind: also the device's error counter, so they
         #: reach /metrics as edge_agent_read_errors_total{kind="no_match"...}
         self.counters = self.errors = FaultTally(self.log, "line_dropped")
@@ -39,10 +45,6 @@ class LineDriver(Driver):
         self._splitter = LineSplitter(self._terminator, config.max_line)
         self._command = config.command.encode(config.encoding) if config.command else b""
         self._transport: SerialTransport | None = None
-
-    def points(self) -> list[PointSpec]:
-        return [PointSpec(f.name, f.unit, f.scale, f.offset, False, f.min, f.max)
-                for f in self.config.fields]
 
     async def connect(self) -> None:
         transport = self._transport = await SerialTransport.open_for(self.config)

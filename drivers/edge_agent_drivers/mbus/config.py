@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edge_agent.config import PointConfig
-from edge_agent_drivers.line.config import SerialDevice
+from edge_agent.sdk import PointConfig, SerialDevice
 
 
 class RecordPoint(PointConfig):
@@ -30,6 +29,9 @@ class MbusDevice(SerialDevice):
     points: list[RecordPoint] = Field(default_factory=list)
     all_records: bool = True  # publish records `points` does not name, under their own names
     manufacturer_data: bool = False  # publish manufacturer-specific data as hex text
+
+    def point_configs(self) -> list[RecordPoint]:
+        return self.points
 
     @model_validator(mode="after")
     def _one_address(self) -> MbusDevice:

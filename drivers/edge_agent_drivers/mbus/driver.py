@@ -12,11 +12,22 @@ names them stably), so the core knows every metric's unit before the first sampl
 
 from __future__ import annotations
 
-from edge_agent import logs
-from edge_agent.driver import BlockingDriver
-from edge_agent.errors import DeviceError, ProtocolError
-from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample, now_ms
-from edge_agent_drivers.line.tally import FaultTally
+from typing import Any
+
+from edge_agent.sdk import (
+    BAD,
+    GOOD,
+    BlockingDriver,
+    DeviceError,
+    Discovered,
+    FaultTally,
+    PointSpec,
+    ProtocolError,
+    Reading,
+    Sample,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.mbus import frames, line, records, scan
 from edge_agent_drivers.mbus.config import MbusDevice
 
@@ -29,8 +40,8 @@ class MbusDriver(BlockingDriver):
     def __init__(self, config: MbusDevice) -> None:
         super().__init__(config)
         self.config: MbusDevice = config
-        self.log = logs.get("edge_agent.driver.mbus", device=config.name)
-        self.errors = FaultTally(self.log, "mbus_fault")
+        self.log = get_logger("edge_agent.driver.mbus", device=config.name)
+        self.errors: FaultTally = FaultTally(self.log, "mbus_fault")
         self._line: line.MbusLine | None = None
         self._renamed = {p.record: p for p in config.points}
         self._units: dict[str, str | None] = {}  # record name -> unit, as learned
@@ -60,6 +71,30 @@ class MbusDriver(BlockingDriver):
         if first is not None:  # the readout connect took: a meter's battery is precious
             return first
         return await self.in_thread(self._sample)
+
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """`edge-agent scan --mbus PORT [--secondary]`: the meters on the line, read only."""
+        secondary = bool(options.get("secondary", False))
+        found = discover(port, secondary=secondary,
+                         baudrate=int(options.get("baudrate") or 2400))
+        out = []
+        for meter in found:
+            if meter.identification == "collision":
+                out.append(Discovered(f"primary {meter.address}: several meters answer "
+                                      "(search with --secondary)", {}))
+                continue
+            where = (f"primary {meter.address}" if meter.address is not None
+                     else f"secondary {meter.identification}")
+            config: dict[str, Any] = {"name": f"meter-{meter.identification}",
+                                      "driver": "mbus", "port": port}
+            if meter.address is not None:
+                config["address"] = meter.address
+            else:
+                config["secondary"] = meter.identification
+            out.append(Discovered(f"{where}: id {meter.identification}, manufacturer "
+                                  f"{meter.manufacturer}, medium {meter.medium:#04x}", config))
+        return out
 
     # -- on the device's thread ---------------------------------------------------------------
     def _connect(self) -> None:
@@ -152,7 +187,6 @@ class MbusDriver(BlockingDriver):
                                 f"selected {self.config.secondary}")
         self.identification = telegram.identification
         return telegram
-
 
 
 def discover(port: str, *, secondary: bool = False, addresses: range = range(0, 251),

@@ -14,8 +14,7 @@ from typing import Any
 
 import serial
 
-from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import DeviceDisconnected, DeviceTimeout, ProtocolError, resolve_port
 from edge_agent_drivers.mbus import frames
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from edge_agent.errors import DeviceError, DeviceTimeout
+from edge_agent.sdk import DeviceError, DeviceTimeout
 from edge_agent_drivers.mbus import frames, line, records
 
 

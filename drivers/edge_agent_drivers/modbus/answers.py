@@ -24,7 +24,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
-from edge_agent.errors import ProtocolError
+from edge_agent.sdk import ProtocolError
 
 #: function code -> what a request of that kind is called in error messages
 NAMES = {1: "read coils", 2: "read discrete inputs", 3: "read holding registers",

@@ -25,8 +25,13 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout, ProtocolError
-from edge_agent.ports import resolve_port
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    ProtocolError,
+    resolve_port,
+)
 from edge_agent_drivers.modbus.answers import (
     HoldingRegisters,
     InputRegisters,
@@ -126,8 +131,9 @@ class Bus:
     def detach(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            if self._open.get(self._registered) is self:
-                del self._open[self._registered]
+            key = self._registered
+            if key is not None and self._open.get(key) is self:
+                del self._open[key]
             self.close()
 
     def close(self) -> None:

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import Any
 
-from edge_agent.decode import TYPES, decode_value, unpacker
-from edge_agent.model import BAD, GOOD, Reading
+from edge_agent.sdk import BAD, GOOD, TYPES, Reading, decode_value, unpacker
 from edge_agent_drivers.modbus.config import ModbusPoint
 from edge_agent_drivers.modbus.plan import Block
 

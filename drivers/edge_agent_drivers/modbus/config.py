@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from edge_agent.config import DeviceConfig, PointConfig
-from edge_agent.decode import register_count
+from edge_agent.sdk import DeviceConfig, PointConfig, register_count
 
 Table = Literal["holding", "input", "coil", "discrete"]
 ValueType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64",
@@ -42,6 +41,9 @@ class ModbusPoint(PointConfig):
             raise ValueError("the value runs past address 65535")
         return self
 
+    def value_type(self) -> str:
+        return self.type
+
     @property
     def registers(self) -> int:
         """Registers (or bits, for coil/discrete) this point occupies."""
@@ -66,6 +68,9 @@ class ModbusDevice(DeviceConfig):
     # silence kept between frames on a serial line, in seconds; None: 3.5 character times
     frame_gap: float | None = Field(None, ge=0, le=1)
     points: list[ModbusPoint] = Field(min_length=1)
+
+    def point_configs(self) -> list[ModbusPoint]:
+        return self.points
 
     @model_validator(mode="after")
     def _unique_points(self) -> ModbusDevice:

@@ -37,11 +37,18 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from edge_agent import logs
-from edge_agent.decode import encode_value
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected, DeviceError, ProtocolError, WriteRefused
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    DeviceError,
+    Driver,
+    ProtocolError,
+    Reading,
+    Sample,
+    WriteRefused,
+    encode_value,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.modbus.answers import WrongAnswer
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
@@ -79,11 +86,7 @@ class ModbusDriver(Driver):
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
         self._reads: dict[BlockDecoder, ModbusPDU] = {}  # each block's request, made once
-        self.log = logs.get("edge_agent.modbus", device=config.name)
-
-    def points(self) -> list[PointSpec]:
-        return [PointSpec(p.name, p.unit, p.scale, p.offset, p.writable, p.min, p.max)
-                for p in self.config.points]
+        self.log = get_logger("edge_agent.modbus", device=config.name)
 
     async def connect(self) -> None:
         """Opens (or joins) the port's bus, then checks that this unit answers.

@@ -21,7 +21,7 @@ from typing import Any
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import ModbusPDU
 
-from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
+from edge_agent.sdk import DeviceDisconnected, DeviceTimeout, ProtocolError
 from edge_agent_drivers.modbus.answers import (
     WrongAnswer,
     decode,

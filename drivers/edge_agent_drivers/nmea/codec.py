@@ -18,7 +18,7 @@ from functools import reduce
 from operator import xor
 from typing import NamedTuple
 
-from edge_agent.model import GOOD, UNCERTAIN, Reading, Sample
+from edge_agent.sdk import GOOD, UNCERTAIN, Reading, Sample
 
 #: the sentence types decoded; others (GSV, TXT, proprietary $P...) are passed over
 SENTENCES = ("GGA", "RMC", "VTG", "GSA", "GLL", "ZDA")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from edge_agent_drivers.line.config import SerialDevice
+from edge_agent.sdk import SerialDevice
 
 SentenceType = Literal["GGA", "RMC", "VTG", "GSA", "GLL", "ZDA"]
 

@@ -1,6 +1,6 @@
 """The `nmea` driver: streams one sample per fix epoch from a GNSS receiver.
 
-Reads through the event loop (see edge_agent_drivers.line.transport for why not a thread).
+Reads through the event loop (see edge_agent.serial_transport for why not a thread).
 Sentences that fail a check are dropped and counted in `counters` by kind (`checksum`,
 `truncated`, `noise`, `parse`, `overflow`) and logged sparingly; the stream never fails on bad
 input, only on a lost port.
@@ -11,13 +11,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from edge_agent import logs
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected
-from edge_agent.model import PointSpec, Sample, now_ms
-from edge_agent_drivers.line.framing import LineSplitter
-from edge_agent_drivers.line.tally import FaultTally
-from edge_agent_drivers.line.transport import SerialTransport
+from edge_agent.sdk import (
+    DeviceDisconnected,
+    Driver,
+    FaultTally,
+    LineSplitter,
+    PointSpec,
+    Sample,
+    SerialTransport,
+    get_logger,
+    now_ms,
+)
 from edge_agent_drivers.nmea.codec import (
     DECODERS,
     EpochAssembler,
@@ -54,7 +58,7 @@ class NmeaDriver(Driver):
     def __init__(self, config: NmeaDevice) -> None:
         super().__init__(config)
         self.config: NmeaDevice = config
-        self.log = logs.get("edge_agent.driver.nmea", device=config.name)
+        self.log = get_logger("edge_agent.driver.nmea", device=config.name)
         #: sentences dropped since start, by kind: also the device's error counter, so they
         #: reach /metrics as edge_agent_read_errors_total{kind="checksum"...}
         self.counters = self.errors = FaultTally(self.log, "nmea_sentence_dropped")

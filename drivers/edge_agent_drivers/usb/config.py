@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from edge_agent.config import DeviceConfig, Strict
+from edge_agent.sdk import DeviceConfig, PointModel, PointSpec, Strict
 
 FieldType = Literal["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
                     "uint64", "float32", "float64", "string"]
@@ -26,11 +26,10 @@ Hex16 = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFFFF)]
 Hex8 = Annotated[int, BeforeValidator(_int_or_hex), Field(ge=0, le=0xFF)]
 
 
-class UsbField(Strict):
+class UsbField(PointModel):
     """One value in the report. `offset` is the byte offset, as in the contract; the additive
     term of `value = raw * scale + value_offset` is therefore called `value_offset` here."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     offset: int = Field(ge=0, le=65535)
     type: FieldType = "uint8"
     endian: Literal["big", "little"] = "big"
@@ -41,6 +40,10 @@ class UsbField(Strict):
     unit: str | None = None
     min: float | None = None
     max: float | None = None
+
+    def to_spec(self) -> PointSpec:
+        return PointSpec(self.name, self.unit, self.scale, self.value_offset, False,
+                         self.min, self.max, value_type=self.type)
 
     @model_validator(mode="after")
     def _bit_only_for_bool(self) -> UsbField:
@@ -77,6 +80,9 @@ class UsbDevice(DeviceConfig):
     report_id: int = Field(0, ge=0, le=255)  # HID report id for set_report/get_report
     detach_kernel_driver: bool = True
     fields: list[UsbField] = Field(min_length=1)
+
+    def point_configs(self) -> list[UsbField]:
+        return self.fields
 
     @field_validator("request")
     @classmethod

@@ -14,10 +14,15 @@ from typing import Any
 import usb.core
 import usb.util
 
-from edge_agent.driver import BlockingDriver
-from edge_agent.errors import DeviceDisconnected, DeviceError, DeviceTimeout
-from edge_agent.model import PointSpec, Sample, now_ms
-from edge_agent.ports import usb_backend
+from edge_agent.sdk import (
+    BlockingDriver,
+    DeviceDisconnected,
+    DeviceError,
+    DeviceTimeout,
+    Sample,
+    now_ms,
+    usb_backend,
+)
 from edge_agent_drivers.usb.config import UsbDevice
 from edge_agent_drivers.usb.report import ReportDecoder
 
@@ -69,10 +74,6 @@ class UsbDriver(BlockingDriver):
         self._device: Any = None
         self._out_endpoint: int | None = None
         self._length = config.length or 64
-
-    def points(self) -> list[PointSpec]:
-        return [PointSpec(f.name, f.unit, f.scale, f.value_offset, False, f.min, f.max)
-                for f in self.config.fields]
 
     async def connect(self) -> None:
         await self.in_thread(self._open)
@@ -197,6 +198,7 @@ class UsbDriver(BlockingDriver):
                                  request, timeout)
         else:
             control = config.control
+            assert control is not None  # the config requires it for request_via: control
             device.ctrl_transfer(control.request_type, control.request, control.value,
                                  control.index, request, timeout)
 

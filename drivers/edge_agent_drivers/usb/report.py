@@ -11,8 +11,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.decode import unpacker
-from edge_agent.model import BAD, GOOD, Reading
+from edge_agent.sdk import BAD, GOOD, Reading, unpacker
 from edge_agent_drivers.usb.config import UsbField
 
 _CODES = {"int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",

@@ -13,9 +13,7 @@ Everything here runs on the event loop thread: paho callbacks reach it through t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from edge_agent.outputs.json import JsonTopics
 from edge_agent.outputs.sparkplug import codec
 from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
 from edge_agent.outputs.sparkplug.codec import MetricDef, Reading
+from edge_agent.store.statefile import StateFile
 from edge_agent.transport.base import Link, Message
 
 #: readings kept for rows not yet encoded (while live: they leave within milliseconds);
@@ -56,22 +55,32 @@ class _Device:
 
 
 class BdSeqStore:
-    """bdSeq survives restarts, so a host never pairs a new NDEATH with an old NBIRTH."""
+    """bdSeq survives restarts, so a host never pairs a new NDEATH with an old NBIRTH.
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    Kept like the buffer's state (`edge_agent.store.statefile`): written atomically, kept in
+    memory when the folder is read-only or full (`degraded` says why; publishing goes on),
+    and a broken file is reported and moved aside, not silently taken for bdSeq 0.
+    """
+
+    def __init__(self, path: Path | None, log: Any = None) -> None:
+        self.file = StateFile(path, "sparkplug bdSeq", log) if path is not None else None
         self.next = 0
-        if path is not None:
-            with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                self.next = int(json.loads(path.read_text())["next_bd_seq"]) % 256
+        body = self.file.load() if self.file is not None else None
+        if body is not None:
+            value = body.get("next_bd_seq")
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.next = value % 256
+            elif self.file is not None:
+                self.file.report_broken(f"next_bd_seq is {value!r}")
+
+    @property
+    def degraded(self) -> str | None:
+        return self.file.degraded if self.file is not None else None
 
     def advance(self, used: int) -> None:
         self.next = (used + 1) % 256
-        if self.path is None:
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"next_bd_seq": self.next}))
-        os.replace(tmp, self.path)
+        if self.file is not None:
+            self.file.save({"next_bd_seq": self.next})
 
 
 def state_path_for(buffer_path: Path | None) -> Path | None:
@@ -97,7 +106,7 @@ class SparkplugSession:
         self.primary_host = primary_host
         self.data_qos = data_qos
         self.log = logs.get("edge_agent.sparkplug", node=node, group=group)
-        self.bd_store = BdSeqStore(state_path)
+        self.bd_store = BdSeqStore(state_path, self.log)
         self.bd_seq = self.bd_store.next
         self.rows = telemetry_topics or JsonTopics("spBv1.0", node)
         self._row_topics: dict[str, str] = {}
@@ -120,6 +129,11 @@ class SparkplugSession:
         self._ncmd = codec.topic(group, "NCMD", node)
         self._dcmd_prefix = codec.topic(group, "DCMD", node) + "/"
         self._state_topic = codec.state_topic(primary_host) if primary_host else None
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the bdSeq is kept in memory only (its file cannot be written), or None."""
+        return self.bd_store.degraded
 
     # -- the transport's side (Wire) -----------------------------------------------------
     def subscriptions(self) -> Sequence[str]:

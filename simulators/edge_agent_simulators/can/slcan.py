@@ -21,6 +21,7 @@ from typing import Any
 import cantools
 
 from edge_agent_simulators.line import PtyPort
+from edge_agent_simulators.running import Running
 
 #: the DBC of the built-in adapter's traffic
 DEFAULT_DBC = str(files("edge_agent_simulators.can").joinpath("engine.dbc"))
@@ -115,8 +116,6 @@ class SlcanAdapter:
 async def start_slcan(spec: Any, running: dict[str, Any]) -> Any:
     """`kind: slcan`: keys `dbc` (default: a small engine DBC), `period` (s between each
     message's frames), `faults` ({noise, bad_length}: probabilities per frame)."""
-    from edge_agent_simulators.runner import Running
-
     await asyncio.sleep(0)
     options = dict(spec.model_extra or {})
     adapter = SlcanAdapter(str(options.get("dbc", DEFAULT_DBC)),

@@ -1,7 +1,7 @@
 """A pyusb backend (usb.backend.IBackend) whose bus holds simulated devices.
 
 Set env `EDGE_AGENT_USB_BACKEND=edge_agent_simulators.usb.backend:get_backend` and point
-`EDGE_AGENT_USB_SIM` at one or more spec files (os.pathsep-separated); every process that
+`EDGE_SIMULATORS_USB_SPEC` at one or more spec files (os.pathsep-separated); every process that
 loads the backend (the agent, `edge-agent scan`) builds the same devices from them.
 
 Plugging crosses processes through the file system: a device with a `present_file` is
@@ -26,7 +26,7 @@ from usb.core import USBError, USBTimeoutError
 
 from edge_agent_simulators.usb.devices import MODELS, UsbModel
 
-SIM_ENV = "EDGE_AGENT_USB_SIM"
+SIM_ENV = "EDGE_SIMULATORS_USB_SPEC"
 BACKEND_SPEC = "edge_agent_simulators.usb.backend:get_backend"
 # libusb error codes pyusb's own libusb1 backend raises with
 _NO_DEVICE, _TIMEOUT, _PIPE, _BUSY, _NOT_FOUND = -4, -7, -9, -6, -5

@@ -1,6 +1,6 @@
 """Setting up simulated USB devices for another process: a spec file and plug files.
 
-`SimulatedBus` writes the spec the backend reads (EDGE_AGENT_USB_SIM) and a present-file per
+`SimulatedBus` writes the spec the backend reads (EDGE_SIMULATORS_USB_SPEC) and a present-file per
 device, and gives the environment an agent needs to see the devices. `unplug`/`plug`
 remove and recreate that file, which any process using the backend sees at its next call.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from edge_agent_simulators.running import Running
 from edge_agent_simulators.usb.backend import BACKEND_SPEC, SIM_ENV
 from edge_agent_simulators.usb.devices import MODELS
 
@@ -111,8 +112,6 @@ async def start_usb(spec: Any, running: dict[str, Any]) -> Any:
     All USB devices of one spec share one simulated bus (one spec file), so one pair of
     environment variables, printed with each device, lets an agent see all of them.
     """
-    from edge_agent_simulators.runner import Running  # late: the runner imports this module
-
     options = dict(spec.model_extra or {})
     model = options.pop("model", None)
     if model is None:

@@ -1,18 +1,25 @@
 """A counter device: the whole driver contract in a few lines.
 
+Everything comes from `edge_agent.sdk`, the one module a driver imports from edge-agent.
 `config_model` validates the device's own keys (the agent reports problems with their
-path), `points()` tells the core how to normalise each metric, and `poll()` returns raw
-values with the time they were read. Scheduling, reconnects, MQTT and units are the core's.
+path), `points()` describes the one metric the device fixes (a driver with configured points
+returns them from its config's `point_configs()` instead), and `poll()` returns raw values
+with the time they were read. Scheduling, reconnects, MQTT and units are the core's.
 """
 
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field
 
-from edge_agent.config import DeviceConfig
-from edge_agent.driver import Driver
-from edge_agent.errors import DeviceDisconnected
-from edge_agent.model import PointSpec, Reading, Sample, now_ms
+from edge_agent.sdk import (
+    DeviceConfig,
+    DeviceDisconnected,
+    Driver,
+    PointSpec,
+    Reading,
+    Sample,
+    now_ms,
+)
 
 
 class CounterDevice(DeviceConfig):

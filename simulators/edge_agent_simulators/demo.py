@@ -15,9 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent import config as config_mod
 from edge_agent import logs
-from edge_agent.broker import Mosquitto, free_port, mosquitto_available, start_embedded
 from edge_agent.runtime import Agent
 from edge_agent.transport.mqtt import parse_url
+from edge_agent_simulators.broker import Mosquitto, free_port, mosquitto_available, start_embedded
 
 
 async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | None,

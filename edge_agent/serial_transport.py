@@ -1,4 +1,4 @@
-"""A serial port read through the event loop, for drivers that consume lines of text.
+"""A serial port read through the event loop: the transport every serial driver shares.
 
 Why the event loop and not a thread (BlockingDriver): a line instrument spends nearly all its
 time silent, then sends a few dozen bytes. With `loop.add_reader` on the port's file
@@ -20,6 +20,7 @@ from typing import Any
 
 import serial
 
+from edge_agent.device_config import SerialDevice
 from edge_agent.errors import DeviceDisconnected
 from edge_agent.ports import resolve_port
 
@@ -33,8 +34,8 @@ class SerialTransport:
     def __init__(self, port: str, *, baudrate: int = 9600, bytesize: int = 8,
                  parity: str = "N", stopbits: float = 1) -> None:
         self.port = port
-        self._settings = {"baudrate": baudrate, "bytesize": bytesize, "parity": parity,
-                          "stopbits": stopbits}
+        self._settings: dict[str, Any] = {"baudrate": baudrate, "bytesize": bytesize,
+                                          "parity": parity, "stopbits": stopbits}
         self._serial: Any = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,7 +46,7 @@ class SerialTransport:
         self.dropped_bytes = 0
 
     @classmethod
-    async def open_for(cls, config: Any) -> SerialTransport:
+    async def open_for(cls, config: SerialDevice) -> SerialTransport:
         """Opens the port of a device config with serial line keys (port, baudrate, ...)."""
         transport = cls(config.port, baudrate=config.baudrate, bytesize=config.bytesize,
                         parity=config.parity, stopbits=config.stopbits)
@@ -75,8 +76,11 @@ class SerialTransport:
 
     # -- receiving ---------------------------------------------------------------------
     def _on_readable(self) -> None:
+        fd = self._fd
+        if fd is None:  # closed between the loop's wake-up and this callback
+            return
         try:
-            data = os.read(self._fd, 65536)  # type: ignore[arg-type]
+            data = os.read(fd, 65536)
         except BlockingIOError:
             return
         except OSError as exc:  # EIO: the device (or the pty's other side) went away
@@ -89,6 +93,7 @@ class SerialTransport:
 
     def _read_in_thread(self) -> None:
         ser, loop = self._serial, self._loop
+        assert loop is not None  # set by open() before the thread starts
         while self._serial is ser:
             try:
                 data = ser.read(max(1, ser.in_waiting))

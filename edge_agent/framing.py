@@ -1,4 +1,7 @@
-"""Cuts a byte stream into lines; pure, so noise and overlong input are tested directly."""
+"""Cuts a byte stream into lines; pure, so noise and overlong input are tested directly.
+
+Shared by every driver of a line-oriented protocol (line instruments, NMEA 0183, IEC 62056-21).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,123 @@
+"""The keys every device and every point has, and the typed contract between them and the core.
+
+A driver's config model subclasses `DeviceConfig`; its points subclass `PointConfig` (or, for
+points whose keys differ, implement `PointModel.to_spec` themselves). The core asks a device
+for its points through `DeviceConfig.point_configs()` and builds each point's `PointSpec` with
+`to_spec()`: report-by-exception, limits, write checks and the value type therefore reach the
+core by a typed method, never by guessing an attribute name (`points`, `fields`, ...).
+
+This module imports no driver machinery, so the driver base class, the registry and the
+agent's config can all depend on it without a loop.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_agent.model import PointSpec
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PointModel(Strict):
+    """The contract of a configured point: a name, and the PointSpec the core normalises by."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+
+    @abstractmethod
+    def to_spec(self) -> PointSpec:
+        """Everything the core needs about this point: unit, scale/offset, limits, writable,
+        deadband, heartbeat and the raw value's type."""
+
+
+class PointConfig(PointModel):
+    """The keys every point has, whatever the driver: naming and normalisation."""
+
+    unit: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    # report-by-exception: publish only on a change beyond the deadband (a number, or "2%" of
+    # the last published value), and at least every `heartbeat` seconds (docs/operations.md)
+    deadband: float | str | None = None
+    heartbeat: float | None = Field(None, gt=0, le=86400)
+
+    @field_validator("deadband")
+    @classmethod
+    def _deadband_number_or_percent(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, str):  # "2%", or a number that came in as text (env)
+            text = value.strip()
+            try:
+                parsed = float(text.removesuffix("%"))
+            except ValueError:
+                parsed = -1.0
+            if not parsed >= 0:
+                raise ValueError(f"'{value}' is not a number or a percentage like '2%'")
+            return f"{parsed:g}%" if text.endswith("%") else parsed
+        if value is not None and not value >= 0:
+            raise ValueError("a deadband cannot be negative")
+        return value
+
+    def deadband_spec(self) -> tuple[float | None, bool]:
+        """(size, is_percent) as the normaliser wants it."""
+        if isinstance(self.deadband, str):
+            return float(self.deadband[:-1]), True
+        return self.deadband, False
+
+    def value_type(self) -> str | None:
+        """The raw value's type name (bool, int8 ... uint64, float32, float64, string), where
+        the point declares one: the core checks writes against it and Sparkplug announces it.
+        Points with a `type` key of those names override this."""
+        return None
+
+    def to_spec(self) -> PointSpec:
+        size, percent = self.deadband_spec()
+        return PointSpec(self.name, self.unit, self.scale, self.offset, self.writable,
+                         self.min, self.max, deadband=size, deadband_percent=percent,
+                         heartbeat=self.heartbeat, value_type=self.value_type())
+
+
+class DeviceConfig(BaseModel):
+    """The keys every device has. Drivers subclass this with their own, forbidding extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=NAME_PATTERN)
+    driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    port: str | None = None
+    interval: float = Field(1.0, gt=0, le=86400)
+    timeout: float = Field(1.0, gt=0, le=600)
+    enabled: bool = True
+
+    def point_configs(self) -> Sequence[PointModel]:
+        """The device's configured points. A driver whose config lists points (under any key)
+        overrides this; the core builds their PointSpecs from it (see edge_agent.driver)."""
+        return ()
+
+
+class SerialDevice(DeviceConfig):
+    """A device on a serial port: a path, a pyserial URL or a `usb:VID:PID[:SERIAL]` identity.
+
+    The settings `SerialTransport.open_for` opens the port with; every serial driver's config
+    starts from here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: str = Field(min_length=1)
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
