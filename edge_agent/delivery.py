@@ -1,9 +1,8 @@
 """Delivery: readings into the outbox, and the outbox to the broker through the publisher.
 
 `deliver` is the hot path: the output names the row (`Output.telemetry`), the outbox stores
-it, and one flush commits everything appended since the last one and pumps the publisher:
-at the end of the loop iteration, or, in a burst, at most FLUSH_SPACING after the last. A
-message leaves the outbox only when the broker acknowledged it (see
+it, and one flush per event-loop iteration commits everything appended in it and pumps the
+publisher. A message leaves the outbox only when the broker acknowledged it (see
 `edge_agent.transport.mqtt`). The publisher is replaced when the MQTT settings change; this
 object stays, and is the `Link` outputs publish through, so they never hold a dead client.
 """
@@ -23,12 +22,6 @@ from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
 
 #: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
 MAX_LATENCY_PROBES = 4096
-#: seconds a flush waits after the previous one. Devices behind one gateway or on one line
-#: answer one after another, a few hundred microseconds apart, each in a loop iteration of
-#: its own: one commit and one run of publishes for several of them costs less than one
-#: each (about 12 % of the agent's CPU per reading on the peer rig). A reading that comes
-#: after a quiet spell is flushed at once; one in a burst waits at most this long.
-FLUSH_SPACING = 0.002
 
 
 class Delivery:
@@ -48,7 +41,6 @@ class Delivery:
         self.publisher: MqttPublisher | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_scheduled = False
-        self._last_flush = 0.0  # loop time of the last flush
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
 
@@ -62,17 +54,11 @@ class Delivery:
             self._flush_scheduled = True
             if len(self._latency_probes) < MAX_LATENCY_PROBES:
                 self._latency_probes[row_id] = ts_ms
-            loop = self._loop
-            wait = self._last_flush + FLUSH_SPACING - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self.flush)
-            else:
-                loop.call_soon(self.flush)
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commits everything appended since the last flush at once, then publishes it."""
+        """Commits everything appended in this loop iteration at once, then publishes it."""
         self._flush_scheduled = False
-        self._last_flush = self._loop.time()
         self.outbox.flush()
         self.pump()
 
