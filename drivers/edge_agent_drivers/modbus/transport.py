@@ -51,8 +51,8 @@ class TcpLink(asyncio.Protocol):
     """One Modbus TCP connection shared by the units behind it: one request in flight.
 
     Requests queue in arrival order (a unit that does not answer costs those behind it one
-    timeout each, no more). The next request goes out from the callback that settled the
-    previous one, so the line is never idle while the answer is being processed.
+    timeout each, no more). The next request goes out two loop iterations after the previous
+    one was settled (see `_settle`), without a lock hand-off.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -98,7 +98,7 @@ class TcpLink(asyncio.Protocol):
         if self._transport is None:
             raise DeviceDisconnected(f"{self.host}:{self.port} is not connected")
         exchange = _Exchange(request, timeout, self._loop.create_future())
-        if self._current is None:
+        if self._current is None and not self._queue:
             self._send(exchange)
         else:
             self._queue.append(exchange)
@@ -123,6 +123,15 @@ class TcpLink(asyncio.Protocol):
             else:
                 future.set_result(answer)
         self._current = None
+        # The next request goes out once this answer has been through the agent: its caller
+        # resumes in the next loop iteration and hands the readings on, whose flush runs in
+        # the one after; sending then keeps a unit's read from waiting behind the previous
+        # unit's publishing (p50 2.1 -> 1.3 ms on the peer rig, docs/performance.md).
+        self._loop.call_soon(self._loop.call_soon, self._send_next)
+
+    def _send_next(self) -> None:
+        if self._current is not None:
+            return
         queue = self._queue
         while queue and self._transport is not None:
             following = queue.popleft()
