@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The scale curve on the shared peer rig: this checkout's agent (durable buffer on) at several
 # fleet sizes, N runs each, interleaved (each round runs every size once).
-# usage: bench/scale_rig.sh [-N 3] [-R 50] [-P 1000] [-T 30] [-W 10] [sizes...]   (default 1 10 100 250)
+# usage: bench/scale_rig.sh [-N 3] [-R 50] [-P 1000] [-T 30] [-W 10] [sizes...]   (default 1 10 100 247)
 # Prints per run and, per size, the range over runs of: CPU us per reading, delivered share,
 # latency p99 (read to subscriber), peak RSS, and the simulator's request rate.
 set -euo pipefail
@@ -15,7 +15,7 @@ while [[ $# -gt 0 ]]; do
     *) SIZES+=("$1"); shift;;
   esac
 done
-[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(1 10 100 250)
+[[ ${#SIZES[@]} -gt 0 ]] || SIZES=(1 10 100 247)  # the simulator serves unit ids 1..247
 OUT="/tmp/peers-runs/scale-$(date +%Y%m%d-%H%M%S).jsonl"
 mkdir -p /tmp/peers-runs
 cd "$HERE/.."
