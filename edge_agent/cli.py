@@ -17,7 +17,7 @@ import yaml
 
 from edge_agent import __version__
 from edge_agent import config as config_mod
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StartupError
 
 #: entry-point group of commands other distributions add (simulate and demo come from
 #: edge-agent-simulators): each names a callable that adds one subparser, see add_commands
@@ -54,15 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
                        "(by-id path, VID:PID, serial number) and a config snippet for each. "
                        "With --mbus PORT, searches that M-Bus line for meters instead (read "
                        "only: a primary address sweep, or --secondary for an identification "
-                       "number search).",
-                       "edge-agent scan\n  edge-agent scan --mbus /dev/ttyUSB0 --secondary")
+                       "number search). With --modbus PORT, probes that line's Modbus unit ids "
+                       "(read only, bounded time per unit) and suggests a device profile and "
+                       "a config snippet per unit found.",
+                       "edge-agent scan\n  edge-agent scan --mbus /dev/ttyUSB0 --secondary"
+                       "\n  edge-agent scan --modbus tcp://10.0.0.7:502 --units 1-20")
     scan.add_argument("--mbus", metavar="PORT", help="search this M-Bus line for meters")
     scan.add_argument("--secondary", action="store_true",
                       help="with --mbus: search by identification number (finds meters that "
                       "share a primary address)")
     scan.add_argument("--baudrate", type=int, default=None,
-                      help="with --mbus: the line's rate (default 2400)")
+                      help="with --mbus: the line's rate (default 2400); with --modbus on a "
+                      "serial line: its rate (default 9600)")
+    scan.add_argument("--modbus", metavar="PORT", help="probe the Modbus unit ids on this "
+                      "line (serial path or tcp://host:port) and suggest a profile per unit")
+    scan.add_argument("--units", default="1-247", help="with --modbus: the unit ids to probe, "
+                      "e.g. 1-20 or 1,2,5-9 (default 1-247)")
+    scan.add_argument("--timeout", type=float, default=0.3,
+                      help="with --modbus: seconds per request (default 0.3)")
+    scan.add_argument("--unit-time", type=float, default=3.0,
+                      help="with --modbus: seconds at most per unit (default 3)")
+    scan.add_argument("--parity", choices=("N", "E", "O"), default="N",
+                      help="with --modbus on a serial line (default N)")
+    scan.add_argument("--stopbits", type=int, choices=(1, 2), default=1,
+                      help="with --modbus on a serial line (default 1)")
     scan.set_defaults(func=_scan)
+
+    profiles = add_command(commands, "profiles", "list device profiles, or show one",
+                           "Lists the device profiles, shipped and the user's (profiles_dir, "
+                           "$EDGE_AGENT_PROFILES_DIR); with NAME, that profile's points and the "
+                           "vendor document (and revision) its register map comes from. Exit 2 "
+                           "for an unknown NAME.",
+                           "edge-agent profiles\n  edge-agent profiles eastron-sdm630")
+    profiles.add_argument("name", nargs="?", metavar="NAME", help="a profile to show")
+    profiles.add_argument("-c", "--config", metavar="FILE",
+                          help="take profiles_dir from this config")
+    profiles.set_defaults(func=_profiles)
 
     add_commands(commands)
     return parser
@@ -111,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 
@@ -156,7 +186,15 @@ def _run(args: argparse.Namespace) -> int:
     config = config_mod.load(path, strict_drivers=False)
     logs.configure(config.log_level, node_name(config.node))
     agent = Agent(config, config_path=path)
-    run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    try:
+        run_until_signalled(agent.run, on_hangup=agent.request_reload)
+    except (StartupError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug: its traceback goes to the structured log, not stderr
+        logs.get("edge_agent.agent").critical(
+            "agent_crashed", **logs.exception_fields(exc, exc.__traceback__))
+        print(f"edge-agent: stopped by an unexpected error: {exc!r}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -171,10 +209,52 @@ def _check_config(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from edge_agent.scan import scan, search_line
 
+    if args.mbus and args.modbus:
+        print("edge-agent: scan: search one line at a time (--mbus or --modbus)",
+              file=sys.stderr)
+        return 2
     if args.mbus:
         return search_line("mbus", args.mbus, sys.stdout, secondary=args.secondary,
                            baudrate=args.baudrate)
+    if args.modbus:
+        return _scan_modbus(args, search_line)
     return scan(sys.stdout)
+
+
+def _scan_modbus(args: argparse.Namespace, search_line: Callable[..., int]) -> int:
+    from edge_agent import profiles
+
+    try:
+        units = _unit_ids(args.units)
+    except ValueError as exc:
+        print(f"edge-agent: scan: --units: {exc}", file=sys.stderr)
+        return 2
+    serial = None if args.modbus.startswith("tcp://") else {
+        "baudrate": args.baudrate or 9600, "parity": args.parity, "stopbits": args.stopbits}
+    rules = profiles.match_rules(profiles.Library(profiles.user_dir()))
+    return search_line("modbus", args.modbus, sys.stdout, units=units, timeout=args.timeout,
+                       unit_time=args.unit_time, serial=serial, profiles=rules)
+
+
+def _unit_ids(text: str) -> list[int]:
+    """`1-247`, `1,2,5-9`: Modbus unit ids, each 1..247 (0 is broadcast: never probed)."""
+    units: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"'{text}' is not a list of unit ids like 1-247 or 1,2,5-9") from None
+        if not 1 <= low <= high <= 247:
+            raise ValueError(f"unit ids run from 1 to 247, not {part.strip()}")
+        units.update(range(low, high + 1))
+    return sorted(units)
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    from edge_agent import profiles_view
+
+    return profiles_view.show(profiles_view.library_for(args.config), args.name)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,15 @@ def decode_value(data: bytes, type_name: str, order: str = "ABCD", bit: int | No
 
 
 def encode_value(value: Any, type_name: str, order: str = "ABCD", length: int = 1) -> bytes:
-    """Encodes a value into register bytes; the inverse of decode_value (used for writes)."""
+    """Encodes a value into register bytes; the inverse of decode_value (used for writes).
+
+    Raises ValueError (or OverflowError) for a value the type cannot hold: a string longer
+    than `length` bytes or outside Latin-1 is refused, never cut, so that a write puts
+    exactly the value asked for into the device or nothing at all."""
     if type_name == "string":
-        raw = str(value).encode("latin-1")[: length]
+        raw = str(value).encode("latin-1")
+        if len(raw) > length:
+            raise ValueError(f"{len(raw)} characters do not fit a string of {length}")
         return raw.ljust(register_count("string", length) * 2, b"\x00")
     if type_name == "bool":
         return (1 if value else 0).to_bytes(2, "big")

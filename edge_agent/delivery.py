@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent import logs, tasks
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
 from edge_agent.outputs.base import Output
@@ -81,7 +82,7 @@ class Delivery:
         self._output = output
         self.publisher = MqttPublisher(config, client_id, self.outbox, output,
                                        on_message=on_message, on_acked=self._on_acked)
-        self._task = asyncio.create_task(self.publisher.run(), name="mqtt")
+        self._task = tasks.spawn(self.publisher.run(), "mqtt", logs.get("edge_agent.mqtt"))
 
     async def drain(self, timeout: float) -> bool:
         """Publishes what is buffered; True if the outbox emptied within `timeout`."""

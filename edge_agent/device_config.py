@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge_agent.model import PointSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+MAX_NAME = 128  # device and point names are topic levels: bounded, as every topic is
 
 
 class Strict(BaseModel):
@@ -32,7 +33,7 @@ class Strict(BaseModel):
 class PointModel(Strict):
     """The contract of a configured point: a name, and the PointSpec the core normalises by."""
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
 
     @abstractmethod
     def to_spec(self) -> PointSpec:
@@ -94,12 +95,23 @@ class DeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     driver: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     port: str | None = None
     interval: float = Field(1.0, gt=0, le=86400)
     timeout: float = Field(1.0, gt=0, le=600)
     enabled: bool = True
+    #: streams: silent (no sample) this many seconds = stale: status error, reconnect.
+    #: None: 10 x interval, at least 10 s; 0: never (a device that talks only on events)
+    stale_after: float | None = Field(None, ge=0, le=86400)
+    #: samples per second published at most; beyond it the latest value of each metric
+    #: waits for the next slot (docs/operations.md "Limits"). None: 100/s, or twice the
+    #: poll rate if that is higher
+    max_rate: float | None = Field(None, gt=0, le=100_000)
+    # a device profile supplying points and settings (edge_agent/profiles.py); kept after
+    # resolution so the resolved config says where its points came from
+    profile: str | None = None
+    points_only: list[str] | None = None  # the subset of the profile's points to read
 
     def point_configs(self) -> Sequence[PointModel]:
         """The device's configured points. A driver whose config lists points (under any key)

@@ -19,6 +19,9 @@ from edge_agent.model import PointSpec, Sample
 
 T = TypeVar("T")
 
+#: a poll may take the device's `interval` plus this many of its `timeout`s (poll_time_limit)
+POLL_LIMIT_TIMEOUTS = 10
+
 
 class Discovered(NamedTuple):
     """A device found on a line: one line describing it, and a device config that reaches it."""
@@ -77,6 +80,16 @@ class Driver:
         """Yields samples as the device sends them, until the transport fails."""
         raise NotImplementedError
 
+    def poll_time_limit(self) -> float:
+        """The longest one `poll()` may take: past it the core cancels the poll, counts a
+        timeout and reconnects (a driver that hangs never leaves its device "connected").
+
+        The default, `interval` + 10 x `timeout`, leaves room for several requests, retries
+        and waiting for a shared line; a driver whose readout is longer by design (a meter
+        read at 300 baud) says so here.
+        """
+        return self.config.interval + POLL_LIMIT_TIMEOUTS * self.config.timeout
+
     async def write(self, metric: str, value: Any) -> None:
         """Writes a raw (already unscaled) value to a writable point."""
         raise NotImplementedError(f"driver '{self.config.driver}' does not support writes")
@@ -118,10 +131,11 @@ def point_specs(driver: Driver) -> dict[str, PointSpec]:
     what only the device knows and the config left open: the unit (from a DBC or an OBIS
     table) and the value type. A driver that cannot write has no writable points.
     """
-    specs = {spec.name: spec for spec in driver.points()}
+    own = {spec.name: spec for spec in driver.points()}
+    specs: dict[str, PointSpec] = {}
     for point in driver.config.point_configs():
         spec = point.to_spec()
-        known = specs.get(spec.name)
+        known = own.get(spec.name)
         if known is not None:
             spec = dataclasses.replace(
                 spec, unit=known.unit if spec.unit is None else spec.unit,
@@ -129,4 +143,6 @@ def point_specs(driver: Driver) -> dict[str, PointSpec]:
         if spec.writable and not driver.can_write:
             spec = dataclasses.replace(spec, writable=False)
         specs[spec.name] = spec
+    for name, spec in own.items():  # after the configured ones, in the driver's order
+        specs.setdefault(name, spec)
     return specs

@@ -17,6 +17,10 @@ class ConfigError(EdgeAgentError):
         self.problems = problems
 
 
+class StartupError(EdgeAgentError):
+    """The agent cannot start (its HTTP port is taken): one line for the operator."""
+
+
 class DriverLoadError(EdgeAgentError):
     """A driver named in the config is not registered or failed to import."""
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 class LineSplitter:
     """Feeds bytes, returns complete lines without their terminator.
 
-    A line that grows past `max_line` without a terminator is noise (or a wrong baud rate):
-    it is discarded and counted in `overflows` rather than buffered without limit. With the
+    Memory is bounded by `max_line` whatever the device sends: a line that grows past it
+    without a terminator is noise (or a wrong baud rate, or a device that never sends a line
+    end): it is discarded and counted once in `overflows`, and the rest of it, up to the next
+    terminator, is discarded too, so its tail is never parsed as a line of its own. With the
     terminator `\\n`, a trailing `\\r` is stripped too, so CRLF and LF devices both work.
     Empty lines are skipped.
     """
 
-    __slots__ = ("_buffer", "_strip_cr", "max_line", "overflows", "terminator")
+    __slots__ = ("_buffer", "_skipping", "_strip_cr", "max_line", "overflows", "terminator")
 
     def __init__(self, terminator: bytes = b"\n", max_line: int = 4096) -> None:
         if not terminator:
@@ -23,14 +25,23 @@ class LineSplitter:
         self.terminator, self.max_line = terminator, max_line
         self._strip_cr = terminator == b"\n"
         self._buffer = b""
+        self._skipping = False  # inside an overlong line: dropping up to its terminator
         self.overflows = 0
 
     def feed(self, data: bytes) -> list[bytes]:
+        terminator = self.terminator
         buffer = self._buffer + data if self._buffer else data
-        if self.terminator not in buffer:  # the buffer: a CR LF may straddle two reads
+        if self._skipping:
+            end = buffer.find(terminator)
+            if end < 0:
+                self._buffer = self._terminator_start(buffer)
+                return []
+            buffer = buffer[end + len(terminator):]
+            self._skipping = False
+        if terminator not in buffer:  # the buffer: a CR LF may straddle two reads
             self._buffer = self._bounded(buffer)
             return []
-        *lines, rest = buffer.split(self.terminator)
+        *lines, rest = buffer.split(terminator)
         self._buffer = self._bounded(rest)
         out = []
         for line in lines:
@@ -45,8 +56,15 @@ class LineSplitter:
     def _bounded(self, rest: bytes) -> bytes:
         if len(rest) > self.max_line:
             self.overflows += 1
-            return b""
+            self._skipping = True
+            return self._terminator_start(rest)
         return rest
+
+    def _terminator_start(self, skipped: bytes) -> bytes:
+        """What must stay of skipped bytes: the start of a terminator split across reads."""
+        keep = len(self.terminator) - 1
+        return skipped[-keep:] if keep else b""
 
     def reset(self) -> None:
         self._buffer = b""
+        self._skipping = False

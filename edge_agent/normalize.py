@@ -9,9 +9,11 @@ points without one cost a single attribute test more.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
-from edge_agent.model import BAD, GOOD, PointSpec, Sample
+from edge_agent.model import BAD, GOOD, PointSpec, Reading, Sample
 
 
 class _Scaling:
@@ -99,6 +101,12 @@ class Normalizer:
     def __init__(self, points: list[PointSpec]) -> None:
         self._scalings = {p.name: _Scaling(p) for p in points}
         self.suppressed = 0  # readings held back by report-by-exception (a metric)
+        #: readings are published in the order of `points` (the configured order): a
+        #: driver reads in whatever order suits the device (Modbus: by table and address)
+        self._rank = {p.name: i for i, p in enumerate(points)}
+        #: the permutation for each sequence of metrics seen (None: already in order). A
+        #: poll repeats the same sequence, so ordering costs one tuple and one dict lookup.
+        self._orders: dict[tuple[str, ...], Callable[[list[Reading]], Any] | None] = {}
 
     def scaling(self, metric: str) -> _Scaling:
         return self._scalings.get(metric, _UNSCALED)
@@ -115,7 +123,16 @@ class Normalizer:
         get = self._scalings.get
         isfinite = math.isfinite
         out = []
-        for metric, raw, quality in sample.readings:
+        readings = sample.readings
+        if len(readings) > 1:
+            key = tuple(map(_METRIC, readings))
+            try:
+                reorder = self._orders[key]
+            except KeyError:
+                reorder = self._order_for(key)
+            if reorder is not None:
+                readings = reorder(readings)
+        for metric, raw, quality in readings:
             scaling = get(metric, _UNSCALED)
             if raw is None:
                 value, quality = None, BAD
@@ -139,6 +156,22 @@ class Normalizer:
                 reading["unit"] = scaling.unit
             out.append(reading)
         return out
+
+    def _order_for(self, key: tuple[str, ...]) -> Callable[[list[Reading]], Any] | None:
+        """The permutation that puts readings with these metrics in the configured order
+        (metrics the points do not name keep their place after the others)."""
+        rank, last = self._rank, len(self._rank)
+        order = sorted(range(len(key)), key=lambda i: (rank.get(key[i], last), i))
+        reorder = None if order == list(range(len(key))) else itemgetter(*order)
+        if len(self._orders) >= MAX_ORDERS:  # a stream with ever new subsets: start over
+            self._orders.clear()
+        self._orders[key] = reorder
+        return reorder
+
+
+#: sequences of metrics remembered per device (a poll has one; a stream a few per sentence)
+MAX_ORDERS = 256
+_METRIC = itemgetter(0)
 
 
 __all__ = ["GOOD", "Normalizer", "Scaling"]

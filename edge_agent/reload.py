@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent import logs
 from edge_agent.config import AgentConfig
 from edge_agent.identity import node_name
 
@@ -41,6 +42,7 @@ class ConfigWatcher:
     def __init__(self, path: Path, on_change: Callable[[], Awaitable[Any]],
                  interval: float = WATCH_INTERVAL) -> None:
         self.path, self.on_change, self.interval = path, on_change, interval
+        self.log = logs.get("edge_agent.reload")
 
     async def run(self) -> None:
         last = file_signature(self.path)
@@ -49,7 +51,10 @@ class ConfigWatcher:
             current = file_signature(self.path)
             if current is not None and current != last:
                 last = current
-                await self.on_change()
+                try:
+                    await self.on_change()
+                except Exception as exc:  # the watcher outlives any one bad change
+                    self.log.error("config_watch_failed", error=repr(exc)[:500])
 
 
 @dataclass

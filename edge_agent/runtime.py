@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from edge_agent import config as config_mod
-from edge_agent import logs, outputs
-from edge_agent.config import AgentConfig
+from edge_agent import config_source, logs, outputs, tasks
+from edge_agent.config import AgentConfig, HttpConfig
 from edge_agent.delivery import Delivery
 from edge_agent.downlink import Downlink
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StartupError
 from edge_agent.identity import client_id, node_name
 from edge_agent.ops import snapshot
 from edge_agent.ops.http import HttpServer
@@ -65,6 +66,8 @@ class Agent:
             on_stopped=self._device_stopped)
         self.output: Output | None = None
         self.downlink: Downlink | None = None
+        #: downlink messages refused at the boundary, by reason; outlives a restarted output
+        self.downlink_rejected: Counter[str] = Counter()
         self.http: HttpServer | None = None
         self.reload_stats: dict[str, Any] = {"attempts": 0, "failures": 0, "last_ok": 1,
                                              "last_ts": None, "last_error": None}
@@ -91,8 +94,8 @@ class Agent:
         delivery = self.delivery
         output = outputs.create(self.config, self.node, self.supervisor, delivery)
         self.output = output
-        self.downlink = Downlink(output, self.supervisor.view)
-        delivery.start(self.config.mqtt, client_id(self.node), output,
+        self.downlink = Downlink(output, self.supervisor.view, self.downlink_rejected)
+        delivery.start(self.config.mqtt, client_id(self.config.node), output,
                        self.downlink.on_message)
 
     async def _stop_output(self) -> None:
@@ -108,7 +111,8 @@ class Agent:
         return snapshot.take(node=self.node, broker_urls=self.config.mqtt.urls,
                              durable=self.config.buffer.path is not None,
                              delivery=self.delivery, devices=self.supervisor.views(),
-                             reload=self.reload_stats)
+                             reload=self.reload_stats,
+                             downlink_rejected=self.downlink_rejected)
 
     def _snapshot_from_thread(self) -> dict[str, Any] | None:
         return snapshot.call_in_loop(self._loop, self.snapshot, SNAPSHOT_TIMEOUT)
@@ -119,18 +123,50 @@ class Agent:
                                        HEALTH_TIMEOUT if timeout is None else timeout)
         return bool(answer)
 
-    async def _start_http(self) -> None:
-        http = self.config.http
+    def _bind_http(self, http: HttpConfig) -> HttpServer | None:
+        """A server holding `http.listen` (None when disabled); OSError when it cannot."""
         if not http.enabled:
-            return
+            return None
         server = HttpServer(http.listen, self.loop_alive, self._snapshot_from_thread,
                             self.metrics.exposition)
-        try:
+        server.bind()
+        return server
+
+    async def _serve_http(self, server: HttpServer | None) -> None:
+        if server is not None:
             await asyncio.get_running_loop().run_in_executor(None, server.start)
-        except OSError as exc:  # the port is taken: telemetry matters more than /metrics
-            self.log.error("http_failed", listen=http.listen, error=exc.strerror or str(exc))
-            return
-        self.http = server
+            self.http = server
+
+    async def _reload_http(self, old: HttpConfig, new: HttpConfig) -> str | None:
+        """Moves the server to `new`; if the new address cannot be taken, the old listener
+        stays (the probes keep reaching this agent) and the problem is returned."""
+        if not new.enabled:
+            await self._stop_http()
+            return None
+        try:
+            server = self._bind_http(new)
+        except OSError as exc:
+            running = self.http
+            if running is None or running.port != int(new.listen.rpartition(":")[2]):
+                return _listen_problem(new.listen, exc)  # the running listener stays
+            # The running listener holds that very port (0.0.0.0:7070 -> 127.0.0.1:7070):
+            # let go of it, and take it back if the new address still cannot be had.
+            address = f"{running.address.rpartition(':')[0]}:{running.port}"
+            await self._stop_http()
+            try:
+                server = self._bind_http(new)
+            except OSError as exc:
+                problem = _listen_problem(new.listen, exc)
+                try:
+                    await self._serve_http(self._bind_http(old.model_copy(
+                        update={"listen": address})))
+                except OSError as again:
+                    self.log.error("http_failed", listen=address,
+                                   error=again.strerror or str(again))
+                return problem
+        await self._stop_http()
+        await self._serve_http(server)
+        return None
 
     async def _stop_http(self) -> None:
         if self.http is not None:
@@ -155,28 +191,48 @@ class Agent:
             stats = self.reload_stats
             stats["attempts"] += 1
             stats["last_ts"] = time.time()
-            try:
-                new = config_mod.load(self.config_path, strict_drivers=False)
+            try:  # in a thread: a big file or a refused bomb must not stall the loop
+                new = await asyncio.to_thread(config_mod.load, self.config_path,
+                                              strict_drivers=False)
             except ConfigError as exc:
-                stats["failures"] += 1
-                stats["last_ok"] = 0
-                stats["last_error"] = "; ".join(exc.problems)
-                self.log.error("config_reload_failed", reason=reason, path=str(self.config_path),
-                               problems=exc.problems, kept="the running config")
+                self._reload_refused(reason, "config_reload_failed", exc.problems)
+                return False
+            except Exception as exc:  # a third-party driver's validator: still not fatal
+                self._reload_refused(reason, "config_reload_failed", [repr(exc)[:500]])
+                return False
+            refusal = config_source.reload_refusal(self.config, new)
+            if refusal is not None:
+                self._reload_refused(reason, "config_reload_refused", [refusal])
                 return False
             changes = plan(self.config, new)
             self.log.info("config_reloaded", reason=reason, **changes.summary())
-            await self._apply(new, changes)
+            problem = await self._apply(new, changes)
+            if problem is not None:
+                stats["failures"] += 1
+                stats["last_ok"] = 0
+                stats["last_error"] = problem
+                return False
             stats["last_ok"] = 1
             stats["last_error"] = None
             return True
 
-    async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> None:
+    def _reload_refused(self, reason: str, event: str, problems: list[str]) -> None:
+        """Counts and logs a reload that keeps the running config."""
+        stats = self.reload_stats
+        stats["failures"] += 1
+        stats["last_ok"] = 0
+        stats["last_error"] = "; ".join(problems)
+        self.log.error(event, reason=reason, path=str(self.config_path), problems=problems,
+                       kept="the running config")
+
+    async def _apply(self, new: AgentConfig, changes: ReloadPlan) -> str | None:
+        """Applies what changed; returns the problem of a part it had to keep as it was."""
         if changes.needs_restart:
             self.log.warning("config_needs_restart", settings=changes.needs_restart,
                              note="kept the running values until the agent restarts")
             new = new.model_copy(update={"buffer": self.config.buffer})
         supervisor = self.supervisor
+        old_http = self.config.http
         for name in changes.stop + changes.restart:
             await supervisor.stop(name, removed=name in changes.stop)
         self.config = new
@@ -191,18 +247,32 @@ class Agent:
             count = len(supervisor.runners)
             supervisor.start(devices[name], phase=poll_phase(count, count + 1))
         if changes.http:
-            await self._stop_http()
-            await self._start_http()
+            problem = await self._reload_http(old_http, new.http)
+            if problem is not None:
+                # the running listener stays, and so does its setting: a later reload retries
+                self.config = new.model_copy(update={"http": old_http})
+                self.log.error("http_reload_failed", listen=new.http.listen, error=problem,
+                               kept=self.http.address if self.http is not None else None)
+                return problem
+        return None
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = tasks.spawn(coroutine, getattr(coroutine, "__qualname__", "background"),
+                           self.log)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        tasks.install(self._loop)  # no raw traceback from anything on this loop
         config = self.config
+        try:  # first of all: an agent that cannot answer its probes must not start
+            http = self._bind_http(config.http)
+        except OSError as exc:
+            problem = _listen_problem(config.http.listen, exc)
+            self.log.error("http_failed", listen=config.http.listen, error=problem)
+            raise StartupError(problem) from None
         supervisor = self.supervisor
         supervisor.started = self._loop.time()
         outbox = open_outbox(config.buffer, self.log)
@@ -213,7 +283,7 @@ class Agent:
                       event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         for index, device in enumerate(devices):
             supervisor.start(device, phase=poll_phase(index, len(devices)))
-        await self._start_http()
+        await self._serve_http(http)
         udev = UdevMonitor(supervisor.on_port_added)
         udev.start()
         if self.config_path is not None:
@@ -254,3 +324,7 @@ class Agent:
         except Exception as exc:
             self.log.error("shutdown_step_failed", step=name, error=repr(exc))
             return None
+
+
+def _listen_problem(listen: str, exc: OSError) -> str:
+    return f"cannot listen on {listen} (http.listen): {exc.strerror or exc}"

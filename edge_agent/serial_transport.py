@@ -43,7 +43,8 @@ class SerialTransport:
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None
         self._thread: threading.Thread | None = None
-        self.dropped_bytes = 0
+        self.dropped_bytes = 0  # since open, for diagnostics
+        self._unreported = 0
 
     @classmethod
     async def open_for(cls, config: SerialDevice) -> SerialTransport:
@@ -111,6 +112,7 @@ class SerialTransport:
             excess = len(pending) - MAX_PENDING
             del pending[:excess]
             self.dropped_bytes += excess
+            self._unreported += excess
         self._wake()
 
     def _fail(self, error: Exception) -> None:
@@ -149,6 +151,11 @@ class SerialTransport:
         if self._error is not None:
             raise self._error
         return b""
+
+    def take_dropped(self) -> int:
+        """Bytes dropped unread since the last call (the consumer fell MAX_PENDING behind)."""
+        dropped, self._unreported = self._unreported, 0
+        return dropped
 
     # -- sending -----------------------------------------------------------------------
     def write(self, data: bytes) -> None:

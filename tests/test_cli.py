@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from edge_agent import cli
-from tests.helpers import REPO, Subscriber, run_cli
+from tests.helpers import REPO, Subscriber, run_cli, wait_until
 
 
 def _env_without_config() -> dict[str, str]:
@@ -66,6 +67,30 @@ def test_demo_starts_mosquitto_and_shows_live_readings():
     assert any(line.startswith("heat-1") and "energy=" in line for line in out.splitlines())
     assert any(line.startswith("elec-1") and "voltage_l1=" in line for line in out.splitlines())
     assert any(line.startswith("truck-1") and "CoolantTemp=" in line for line in out.splitlines())
+
+
+def test_ctrl_c_stops_the_demo_quietly_and_its_view_reads_like_the_payloads(tmp_path):
+    out_path = tmp_path / "demo.out"
+    with out_path.open("w") as out:
+        # its own process group, like a terminal's foreground job: Ctrl-C is SIGINT to all
+        demo = subprocess.Popen([sys.executable, "-m", "edge_agent", "demo"], stdout=out,
+                                stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                env=_env_without_config(), start_new_session=True)
+        try:
+            wait_until(lambda: "gnss_time=" in out_path.read_text()
+                       and "weight=" in out_path.read_text(), timeout=30, what="GNSS and scale")
+            os.killpg(demo.pid, signal.SIGINT)
+            assert demo.wait(30) == 0
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+    text = out_path.read_text()
+    assert "warning" not in text and "mqtt_disconnected" not in text and "Traceback" not in text
+    assert not re.search(r"=(True|False|None|-0\.00)\b", text)
+    assert re.search(r"gnss_time=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text)
+    boiler = next(line for line in text.splitlines() if line.startswith("boiler-1"))
+    metrics = [part.split("=")[0] for part in boiler.split()[2:] if "=" in part]
+    assert metrics == ["temperature", "pressure", "running_hours", "burner_on"]  # as configured
 
 
 def test_demo_falls_back_to_its_embedded_broker():

@@ -173,5 +173,8 @@ def test_node_name_prefers_env_then_config_then_hostname(monkeypatch):
 
 def test_node_name_replaces_characters_mqtt_forbids_in_a_level(monkeypatch):
     monkeypatch.setenv("NODE_NAME", "a/b+c#d")
+    # `_` in the topic level, as the contract says; the client id keeps a/b, a+b, a_b apart
     assert node_name(None) == "a_b_c_d"
-    assert client_id("a_b_c_d") == "edge-agent-a_b_c_d"
+    assert client_id(None) == "edge-agent-a_b_c_d~sph"
+    monkeypatch.setenv("NODE_NAME", "a_b_c_d")
+    assert client_id(None) == "edge-agent-a_b_c_d"

@@ -96,23 +96,84 @@ def test_writes_reach_the_device_unscaled_and_refusals_never_do(
 
     assert agent.stop() == 0
     logged = [line for line in agent.log_lines()
-              if line.get("event") in ("write_done", "write_refused", "write_failed")]
+              if line.get("event") in ("write_done", "write_refused", "write_failed",
+                                       "downlink_rejected")]
     ids = {line.get("request_id") for line in logged}
     assert {"r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "w1", "w2", "w3"} <= ids
     assert {line["event"] for line in logged if line.get("request_id") == "w1"} == {"write_done"}
 
 
-def test_a_retained_set_message_is_never_acted_on(mosquitto, subscriber, plc, start_agent):
+def test_a_retained_set_message_is_refused_with_an_answer_and_clearing_it_is_silent(
+        mosquitto, subscriber, plc, start_agent):
     subscriber.client.publish("edge/n1/plc/set/setpoint", json.dumps(
         {"value": 30, "id": "stale"}).encode(), qos=1, retain=True).wait_for_publish(5)
     agent = start_agent(plc.agent_config(mosquitto.url), env={"NODE_NAME": "n1"})
-    subscriber.wait_for("n1/plc/telemetry", count=3)
+    stale = _result(subscriber, "setpoint", "stale")
+    assert stale["ok"] is False and "retained command is never executed" in stale["error"]
+    # clearing it (mosquitto_pub -r -n): an empty payload, ignored without an answer
+    subscriber.client.publish("edge/n1/plc/set/setpoint", b"", qos=1,
+                              retain=True).wait_for_publish(5)
     _set(subscriber, "big", {"value": 2, "id": "fresh"})
     assert _result(subscriber, "big", "fresh")["ok"] is True
     unit = plc.by_name("plc").units[1]
     assert plc.call(lambda: dict(unit.written)) == {14: 2}  # the stale write never landed
-    assert not subscriber.json_on("set/setpoint/result")
+    assert len(subscriber.json_on("set/setpoint/result")) == 1  # the stale one, once
     assert agent.stop() == 0
+    rejected = [line for line in agent.log_lines() if line.get("event") == "downlink_rejected"]
+    assert [(line["reason"], line["request_id"]) for line in rejected] == [("retained", "stale")]
+    assert not [line for line in agent.log_lines() if line.get("event") == "write_refused"]
+
+
+WRITE_FUNCTIONS = (5, 6, 15, 16)
+
+
+def _writes_received(sims, unit) -> int:
+    """Write requests that reached the simulated device (FC05, FC06, FC15, FC16)."""
+    return sims.call(lambda: sum(n for (fc, _, _), n in unit.requests.items()
+                                 if fc in WRITE_FUNCTIONS))
+
+
+def test_hostile_requests_are_each_answered_once_and_none_reaches_the_device(
+        mosquitto, subscriber, plc, start_agent):
+    agent = start_agent(plc.agent_config(mosquitto.url), env={"NODE_NAME": "n1"})
+    subscriber.wait_for("n1/plc/telemetry")
+    unit = plc.by_name("plc").units[1]
+    hostile = [
+        b'{"value": 5002, "id": NaN}',  # a valid value, an id that cannot be echoed
+        b'{"value": 5002, "id": Infinity}',
+        b'{"value": 5002, "id": {"nested": []}}',
+        b'{"value": 5002, "id": "' + b"x" * 200 + b'"}',
+        b'{"value": 5002, "id": 9007199254740993}',  # beyond 2**53: echoed rounded
+        b'{"value": NaN, "id": "v1"}',
+        b'{"value": 1e999, "id": "v2"}',
+        b"[" * (1 << 20),  # 1 MiB of nesting
+        b"[" * 2000 + b"]" * 2000,
+        b'{"value": 1' + b"0" * 400 + b', "id": "v3"}',  # a 400-digit integer
+        b'{"value": [1], "id": "v4"}',
+        b'{"value": 70000, "id": "v5"}',  # beyond uint16
+        b'{"value": 65543, "id": "v6"}',
+        b"\xff\xfe not utf-8",
+        b'{"value": "\\ud800", "id": "v7"}',
+    ]
+    for payload in hostile:
+        _set(subscriber, "big", payload)
+    _set(subscriber, "big", {"value": 9, "id": "last"})  # a good one after them all
+    assert _result(subscriber, "big", "last") == {"id": "last", "ok": True}
+    answers = subscriber.wait_for("n1/plc/set/big/result", count=len(hostile) + 1)
+    assert len(answers) == len(hostile) + 1  # exactly one answer each, no more
+    refused = answers[:-1]
+    assert all(a["ok"] is False and a["error"] for a in refused)
+    ids = [a["id"] for a in refused]
+    assert ids[:5] == [None] * 5  # an invalid id is never echoed
+    # a sound id is echoed even when the value made the request unreadable
+    assert ids[5:] == ["v1", "v2", None, None, "v3", "v4", "v5", "v6", None, "v7"]
+    assert "larger than" in refused[7]["error"] and "deeper" in refused[8]["error"]
+    assert plc.call(lambda: dict(unit.written)) == {14: 9}
+    assert _writes_received(plc, unit) == 1
+    assert agent.stop() == 0
+    lines = agent.log_lines()
+    assert not [line for line in lines if "Task exception" in str(line)
+                or line.get("event") in ("downlink_internal_error", "downlink_answer_failed")]
 
 
 SCALED = Scaling(PointSpec("p", scale=0.1))
@@ -144,6 +205,12 @@ def test_raw_value_accepts(spec, scaling, value, raw):
     (PointSpec("p", writable=True, value_type="float32"), 1e39, "float32"),
     (PointSpec("p", writable=True, value_type="string"), 5, "takes a string"),
     (PointSpec("p", writable=True, minimum=0), -0.5, "below the minimum 0"),
+    (PointSpec("p", writable=True, value_type="int16"), 10**400, "out of range"),
+    (PointSpec("p", writable=True, value_type="uint16"), 70000, "outside uint16"),
+    (PointSpec("p", writable=True, value_type="int16"), 1.0000001, "resolution"),
+    (PointSpec("p", writable=True, value_type="float64"), 2**53 + 1, "exactly"),
+    (PointSpec("p", writable=True, value_type="float32"), 2**24 + 1, "exactly"),
+    (PointSpec("p", writable=True, value_type="uint64"), 2**64, "outside uint64"),
 ])
 def test_raw_value_refuses(spec, value, message):
     with pytest.raises(WriteRefused, match=message):

@@ -17,13 +17,15 @@ def test_readings_arrive_scaled_with_units_rising_seq_and_node_from_env(
             device["interval"] = 0.2
     started_ms = time.time() * 1000
     agent = start_agent(config, env={"NODE_NAME": "edge/node+1"})
+    # `/ +` become `_` in the topic level (the contract)
+    node = "edge_node_1"
 
-    boiler = subscriber.wait_for("edge_node_1/boiler-1/telemetry", count=5)
-    meter2 = subscriber.wait_for("edge_node_1/meter-2/telemetry", count=3)
+    boiler = subscriber.wait_for(f"{node}/boiler-1/telemetry", count=5)
+    meter2 = subscriber.wait_for(f"{node}/meter-2/telemetry", count=3)
 
     assert [m["seq"] for m in boiler[:5]] == [1, 2, 3, 4, 5]
     first = boiler[0]
-    assert first["node"] == "edge_node_1" and first["device"] == "boiler-1"
+    assert first["node"] == node and first["device"] == "boiler-1"
     readings = {r["metric"]: r for r in first["readings"]}
     # temperature is int16 raw tenths of a degree; sine around 65 +- 8
     assert readings["temperature"]["unit"] == "Cel"
@@ -40,7 +42,7 @@ def test_readings_arrive_scaled_with_units_rising_seq_and_node_from_env(
     assert meter2[0]["readings"][0]["metric"] == "voltage"
     assert 220 <= meter2[0]["readings"][0]["value"] <= 240
 
-    status = subscriber.wait_for("edge_node_1/status", where=lambda m: m["state"] == "online")
+    status = subscriber.wait_for(f"{node}/status", where=lambda m: m["state"] == "online")
     assert status[0]["version"]
     assert agent.stop() == 0
 

@@ -128,3 +128,21 @@ def test_status_page_survives_json_in_last_values(mosquitto, agents):
     page = status_page.render(snap).decode()
     assert "&lt;i&gt;&quot;x&quot;&lt;/i&gt;" in page and "<i>" not in page
     json.dumps(snap)  # the snapshot is plain data
+
+
+def test_status_page_spells_values_as_the_payloads_do(mosquitto, agents):
+    """true/false/null as in the JSON telemetry, never Python's False/None, and no -0.0."""
+    agent = agents({"mqtt": {"url": mosquitto.url}})
+    from edge_agent.ops import status_page
+
+    snap = agent.call(agent.agent.snapshot)
+    now = time.time() * 1000
+    snap["devices"] = [{"name": "d", "driver": "x", "port": None, "state": "connected",
+                        "error": None, "readings": 3, "errors": {},
+                        "last_values": [
+                            {"metric": "pump", "value": False, "ts": now, "quality": "good"},
+                            {"metric": "level", "value": None, "ts": now, "quality": "bad"},
+                            {"metric": "weight", "value": -0.0, "ts": now, "quality": "good"}]}]
+    page = status_page.render(snap).decode()
+    assert "pump = false" in page and "level = null" in page and "weight = 0.0" in page
+    assert "False" not in page and "None" not in page and "-0.0" not in page

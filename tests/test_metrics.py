@@ -140,3 +140,20 @@ def test_each_agent_has_its_own_registry(mosquitto):
     assert first.metrics.registry is not second.metrics.registry
     first.metrics.poll_duration.labels("a").observe(0.1)
     assert b'device="a"' not in second.metrics.exposition().split(b"edge_agent_poll")[-1]
+
+
+def test_downlink_messages_refused_at_the_boundary_are_counted_by_reason(
+        mosquitto, subscriber, agent_thread):
+    agent = agent_thread({"node": "m1", "mqtt": {"url": mosquitto.url}})
+    wait_until(lambda: sample_value(agent.metrics(), "edge_agent_broker_connected") == 1,
+               what="connected")
+    families = agent.metrics()
+    assert sample_value(families, "edge_agent_downlink_rejected_total", reason="malformed") == 0
+    for payload in (b"{not json", b'{"value": NaN}', b"[" * 100_000):
+        subscriber.client.publish("edge/m1/ghost/set/x", payload, qos=1)
+    subscriber.client.publish("edge/m1/ghost/set/x", b'{"value": 1}', qos=1)
+    wait_until(lambda: sample_value(agent.metrics(), "edge_agent_downlink_rejected_total",
+                                    reason="unknown_device") == 1, what="all four counted")
+    families = agent.metrics()
+    assert sample_value(families, "edge_agent_downlink_rejected_total", reason="malformed") == 2
+    assert sample_value(families, "edge_agent_downlink_rejected_total", reason="too_large") == 1

@@ -124,7 +124,9 @@ def test_an_unreadable_json_command_is_answered_on_its_result_topic():
     link = RecordingLink()
     output = outputs.create(agent_config("json"), "n1", Directory(), link)
     topic = "edge/n1/dev/set/sp"
-    assert output.command(topic, b'{"value": 1}', retained=True) is None  # stale, retained
+    stale = output.command(topic, b'{"value": 1, "id": "s"}', retained=True)
+    assert stale is not None and stale.reason == "retained" and stale.request_id == "s"
+    assert output.command(topic, b"", retained=True) is None  # clearing it: nothing asked
     request = output.command(topic, b"{oops", retained=False)
     assert request is not None and request.problem == "the payload is not JSON"
     results = asyncio.run(Downlink(output, lambda name: None).handle(request))

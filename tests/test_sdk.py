@@ -49,7 +49,7 @@ def test_the_core_builds_point_metadata_from_the_configured_points_whatever_thei
     config = device(unit="m", scale=0.1, offset=1, writable=True, min=0, max=9,
                     deadband="2%", heartbeat=60, type="int16")
     specs = point_specs(Writer(config))
-    assert list(specs) == ["uptime", "level"]
+    assert list(specs) == ["level", "uptime"]  # configured first: the publishing order
     assert specs["uptime"] == sdk.PointSpec("uptime", "s")
     assert specs["level"] == sdk.PointSpec(
         "level", "m", 0.1, 1.0, True, 0.0, 9.0, deadband=2.0, deadband_percent=True,

@@ -219,8 +219,9 @@ def test_rebirth_on_ncmd_and_dcmd_writes_reach_the_device_through_the_downlink_p
     sub.client.publish(f"spBv1.0/{GROUP}/DCMD/{NODE}/boiler-1", b"\x0a\xff", qos=0)
     sub.client.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", ncmd_rebirth(), qos=0)
     again = view.wait("NBIRTH", count=2)[1]
-    events = [line.get("event") for line in agent.log_lines()]
-    assert "sparkplug_bad_ncmd" in events and "sparkplug_bad_dcmd" in events
+    rejected = [line for line in agent.log_lines() if line.get("event") == "downlink_rejected"]
+    assert {(line["reason"], line.get("topic", line.get("device"))) for line in rejected} == {
+        ("malformed", f"spBv1.0/{GROUP}/NCMD/{NODE}"), ("malformed", "boiler-1")}
     view.wait("DBIRTH", count=2, device="boiler-1")
     assert again["seq"] == 0
     assert metric(again, "bdSeq")["value"] == metric(first, "bdSeq")["value"]  # same session
@@ -345,3 +346,71 @@ def test_ddeath_when_a_device_stops_answering_dbirth_when_it_is_back_and_ndeath_
 
 def view_count(view: SparkplugView, verb: str) -> int:
     return len(view.of(verb))
+
+
+def dcmd_metric(alias: int, field: int, value: int | float | bool, datatype: int | None = None,
+                wire: str = "varint") -> bytes:
+    """A DCMD with one metric by alias; `field` is the value's field number (10 int_value,
+    11 long_value, 13 double_value, 14 boolean_value), encoded by hand."""
+    metric = _varint_field(2, alias)
+    if datatype is not None:
+        metric += _varint_field(4, datatype)
+    if wire == "double":
+        metric += bytes([field << 3 | 1]) + struct.pack("<d", value)
+    else:
+        metric += _varint_field(field, int(value))
+    return _varint_field(1, int(time.time() * 1000)) + b"\x12" + bytes([len(metric)]) + metric
+
+
+def test_hostile_dcmd_ncmd_and_state_never_write_a_wrong_value_and_never_raise(
+        mosquitto, boiler, start_agent, tmp_path):
+    host = "scada-9"
+    sub = Subscriber(mosquitto.port, "spBv1.0/#")
+    view = SparkplugView(sub)
+    agent = start_agent(sparkplug_config(boiler, mosquitto.url, tmp_path, primary_host=host))
+    wait_until(lambda: any(line.get("event") == "sparkplug_waiting_for_primary_host"
+                           for line in agent.log_lines()), what="subscribed, waiting for STATE")
+    state = f"spBv1.0/STATE/{host}"
+    hostile_states = [b'{"online": true, "timestamp": 1e999}',
+                      b'{"online": true, "timestamp": ' + b"9" * 400 + b"}",
+                      b"[" * 100_000, b'{"online": 1, "timestamp": 5}', b"\xff"]
+    for payload in hostile_states:
+        sub.client.publish(state, payload, qos=1)
+    sub.client.publish(state, json.dumps({"online": True, "timestamp": int(time.time() * 1000)}),
+                       qos=1)
+    dbirth = view.wait("DBIRTH", device="boiler-1")[0]
+    alias = metric(dbirth, "setpoint")["alias"]
+    unit = boiler.by_name("boiler-1").units[1]
+    topic = f"spBv1.0/{GROUP}/DCMD/{NODE}/boiler-1"
+    int16 = DATATYPES["Int16"]
+    hostile = [
+        dcmd_metric(alias, 10, 70000), dcmd_metric(alias, 10, 65543),  # beyond Int16
+        dcmd_metric(alias, 11, 1 << 63),  # long_value 2**63
+        dcmd_metric(alias, 10, 0x12345678),
+        dcmd_metric(alias, 10, 5, datatype=DATATYPES["Int32"]),  # not the born datatype
+        dcmd_metric(alias, 14, True),  # a bool for a number
+        dcmd_metric(alias, 13, 5.5, wire="double"),  # a double for an Int16
+        dcmd_metric(alias, 13, float("nan"), datatype=int16, wire="double"),
+        dcmd_metric(alias + 1000, 10, 5),  # no such metric
+        b"\x12" * 70_000,  # too large
+        b"\x0a\xff",
+    ]
+    for payload in hostile:
+        sub.client.publish(topic, payload, qos=1)
+    sub.client.publish(f"spBv1.0/{GROUP}/NCMD/{NODE}", b"\x12\x03\x0a\x01", qos=1)
+    sub.client.publish(topic, dcmd_metric(alias, 10, 0xFFFFFFF9, datatype=int16))  # Tahu's -7
+    wait_until(lambda: boiler.call(lambda: unit.written.get(1)) == (-7) & 0xFFFF,
+               what="the good DCMD write after the hostile ones")
+    writes = boiler.call(lambda: sum(n for (fc, _, _), n in unit.requests.items()
+                                     if fc in (5, 6, 15, 16)))
+    assert writes == 1  # none of the hostile ones reached the device
+    assert boiler.call(lambda: dict(unit.written)) == {1: (-7) & 0xFFFF}
+    assert agent.stop() == 0
+    lines = agent.log_lines()
+    rejected = [line for line in lines if line.get("event") == "downlink_rejected"]
+    refused = [line for line in lines if line.get("event") == "write_refused"]
+    assert len(rejected) + len(refused) >= len(hostile) + len(hostile_states)
+    assert {line["reason"] for line in rejected} >= {"malformed", "invalid", "too_large",
+                                                     "datatype"}
+    assert not [line for line in lines if line.get("level") in ("error", "critical")
+                or "Traceback" in str(line)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent_simulators.broker import Mosquitto, free_port
+from edge_agent_simulators.broker import Mosquitto, free_port, wait_for_port
 from tests.certs import Pki, make_ca, make_pki
 from tests.delivery_support import ROOT_OK, agent_config, events, modbus_devices
 from tests.helpers import SimulatorThread, Subscriber, wait_until
@@ -48,7 +48,9 @@ def tls_broker(pki: Pki, tmp_path: Path, mutual: bool = False, password: bool = 
         lines.append("allow_anonymous true")
     lines += [f"listener {plain} 127.0.0.1", "allow_anonymous true"]
     broker.conf.write_text("\n".join(lines) + "\n")
-    return broker.start(), plain
+    broker.start()  # waits for the TLS listener only
+    wait_for_port(plain)  # the subscriber's listener may open a moment later
+    return broker, plain
 
 
 def tls_url(broker: Mosquitto) -> str:

@@ -44,9 +44,27 @@ class HttpServer:
         assert self._server is not None
         return self._server.server_address[1]
 
-    def start(self) -> None:
+    @property
+    def address(self) -> str:
+        """host:port as listening (the port the system chose, for port 0)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port if self._server is not None else self.requested_port}"
+
+    def bind(self) -> None:
+        """Takes the port; raises OSError when it cannot (taken, no such address).
+
+        Separate from `serve` so that the agent learns this before it starts anything else:
+        an agent that cannot answer its probes must not run while another process answers
+        them in its place.
+        """
         server_cls = _Server6 if ":" in self.host else _Server
         self._server = server_cls((self.host, self.requested_port), _handler(self))
+
+    def start(self) -> None:
+        """Binds (unless `bind` did) and serves in a thread of its own."""
+        if self._server is None:
+            self.bind()
+        assert self._server is not None
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.5}, name="http",
                                         daemon=True)

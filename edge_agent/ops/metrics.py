@@ -22,6 +22,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from edge_agent.inbound import REASONS
+
 DEVICE_STATES = ("connected", "disconnected", "error")
 POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -108,6 +110,14 @@ class _SnapshotCollector(Collector):
                      "1 if the last reload was applied (or none was tried), 0 if refused",
                      reload["last_ok"])
 
+        rejected = CounterMetricFamily(
+            "edge_agent_downlink_rejected",
+            "Downlink messages refused before reaching a device, by reason", labels=["reason"])
+        counts = snap.get("downlink_rejected", {})
+        for reason in REASONS:
+            rejected.add_metric([reason], counts.get(reason, 0))
+        yield rejected
+
         devices = snap["devices"]
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "readings": CounterMetricFamily("edge_agent_readings", "Readings published",
@@ -125,6 +135,11 @@ class _SnapshotCollector(Collector):
                 "edge_agent_read_errors",
                 "Failed reads and connects by kind (timeout, protocol, exception_NN, io...)",
                 labels=["device", "kind"]),
+            "dropped": CounterMetricFamily(
+                "edge_agent_samples_dropped",
+                "Samples not published on their own, by reason: rate (merged into a later "
+                "sample beyond max_rate), publish_failed (the agent failed to normalise or "
+                "store them)", labels=["device", "reason"]),
             "writes": CounterMetricFamily("edge_agent_writes",
                                           "Downlink writes by result (ok, refused, failed)",
                                           labels=["device", "result"]),
@@ -142,6 +157,8 @@ class _SnapshotCollector(Collector):
             families["skipped"].add_metric([name], device["skipped_ticks"])
             for kind, count in sorted(device["errors"].items()):
                 families["errors"].add_metric([name, kind], count)
+            for reason, count in sorted(device.get("dropped", {}).items()):
+                families["dropped"].add_metric([name, reason], count)
             for result, count in sorted(device["writes"].items()):
                 families["writes"].add_metric([name, result], count)
             families["connected"].add_metric([name], device["state"] == "connected")

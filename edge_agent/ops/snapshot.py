@@ -88,7 +88,8 @@ class DeviceReport(Protocol):
 
 def take(*, node: str, broker_urls: list[str], durable: bool,
          delivery: DeliveryState | None, devices: Iterable[DeviceReport],
-         reload: Mapping[str, Any]) -> dict[str, Any]:
+         reload: Mapping[str, Any],
+         downlink_rejected: Mapping[str, int] | None = None) -> dict[str, Any]:
     """The agent's state as plain data; call on the event loop."""
     outbox = delivery.outbox if delivery is not None else None
     stats = outbox.stats() if outbox is not None else _NO_BUFFER
@@ -115,6 +116,7 @@ def take(*, node: str, broker_urls: list[str], durable: bool,
             "stall_after": delivery.stall_after if delivery is not None else 0.0,
         },
         "reload": dict(reload),
+        "downlink_rejected": dict(downlink_rejected or {}),
         "devices": [device.report() for device in devices],
     }
 

@@ -74,11 +74,23 @@ def _device_row(device: dict[str, Any]) -> str:
 def _value(reading: dict[str, Any]) -> str:
     quality = reading.get("quality", "good")
     unit = f" {reading['unit']}" if reading.get("unit") else ""
-    text = f"{reading['metric']} = {reading['value']}{unit}"
+    text = f"{reading['metric']} = {shown(reading['value'])}{unit}"
     age = f" <small>{escape(_age(reading['ts'] / 1000))} ago</small>" if "ts" in reading else ""
     if quality != "good":
         return f'<span class="{escape(quality)}">{escape(text)} ({escape(quality)})</span>{age}'
     return f"{escape(text)}{age}"
+
+
+def shown(value: Any) -> str:
+    """A published value as a technician should read it: in the JSON spelling the payloads
+    use (`true`, `false`, `null`), never Python's (`False`, `None`), and no `-0.0`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value + 0.0)  # -0.0 + 0.0 is 0.0
+    return str(value)
 
 
 def _age(epoch_seconds: float | None) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edge_agent.downlink import WriteRequest, WriteResult
+from edge_agent.inbound import Rejected
 from edge_agent.model import PointSpec
 from edge_agent.transport.base import Link, Message, Wire
 
@@ -93,9 +94,12 @@ class Output(Wire, Protocol):
         settings (then a new runner and `device_status` follow)."""
         ...
 
-    def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None:
+    def command(self, topic: str, payload: bytes,
+                retained: bool) -> WriteRequest | Rejected | None:
         """The write request a downlink message asks for; None for messages that are not
-        writes (or that the output handled itself, e.g. Sparkplug STATE and Rebirth)."""
+        writes (or that the output handled itself, e.g. Sparkplug STATE and Rebirth);
+        `Rejected` for a bad message with nobody to answer. Never raises: payloads are read
+        with `edge_agent.inbound`."""
         ...
 
     def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None:

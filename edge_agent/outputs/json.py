@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from edge_agent import __version__
-from edge_agent.downlink import WriteRequest, WriteResult
+from edge_agent.downlink import RETAINED_COMMAND, WriteRequest, WriteResult
+from edge_agent.inbound import BadPayload, parse_set, safe_id
 from edge_agent.model import now_ms
 from edge_agent.outbox import Row
 from edge_agent.outputs.base import DeviceDirectory, DeviceView, ReadingDict
@@ -120,18 +121,27 @@ class JsonOutput:
 
     # -- downlink ------------------------------------------------------------------------
     def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None:
-        """`<p>/<node>/<device>/set/<metric>` with `{"value": ..., "id": ...}`."""
-        if retained:  # a retained `set` is a stale command left on the broker: never act on it
-            return None
+        """`<p>/<node>/<device>/set/<metric>` with `{"value": ..., "id": ...}`.
+
+        The payload is read whole by `edge_agent.inbound.parse_set`; whatever is wrong with
+        it becomes the request's problem (answered, nothing written). An empty payload is
+        what clearing a retained command leaves: ignored, since nobody asked anything.
+        A retained one was left on the broker, not sent now: refused, answered once.
+        """
         if not topic.startswith(self._base):
             return None
         parts = topic[len(self._base):].split("/")
-        if len(parts) != 3 or parts[1] != "set":
+        if len(parts) != 3 or parts[1] != "set" or not payload:
             return None
         device, metric = parts[0], parts[2]
-        request_id, value, problem = _parse(payload)
-        return WriteRequest(device, ((metric, value),), request_id, reply_to=topic,
-                            problem=problem)
+        try:
+            if retained:
+                raise BadPayload("retained", RETAINED_COMMAND)
+            request_id, value = parse_set(payload)
+        except BadPayload as exc:
+            return WriteRequest(device, ((metric, None),), safe_id(payload), reply_to=topic,
+                                problem=exc.message, reason=exc.reason)
+        return WriteRequest(device, ((metric, value),), request_id, reply_to=topic)
 
     def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None:
         """`.../set/<metric>/result` with `{"id": ..., "ok": ..., "error": ...}`, always."""
@@ -140,17 +150,3 @@ class JsonOutput:
         if result.error is not None:
             body["error"] = result.error
         self.link.publish_now(Message(f"{request.reply_to}/result", dumps(body), qos=1))
-
-
-def _parse(payload: bytes) -> tuple[Any, Any, str | None]:
-    """(id, value, problem) from a set payload."""
-    try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None, None, "the payload is not JSON"
-    if not isinstance(body, dict):
-        return None, None, 'the payload must be an object like {"value": 1, "id": "..."}'
-    request_id = body.get("id")
-    if "value" not in body:
-        return request_id, None, 'the payload has no "value"'
-    return request_id, body["value"], None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from edge_agent import logs, registry
+from edge_agent import logs, registry, tasks
 from edge_agent.config import DeviceConfig
 from edge_agent.errors import DriverLoadError
 from edge_agent.supervision.device import Deliver, DeviceRunner
@@ -49,7 +49,7 @@ class Supervisor:
                               observe_poll=self.poll_timer(device.name),
                               started=self.started, phase=phase)
         self.runners[device.name] = runner
-        self._tasks[device.name] = asyncio.create_task(runner.run(), name=f"device-{device.name}")
+        self._tasks[device.name] = tasks.spawn(runner.run(), f"device-{device.name}", runner.log)
 
     async def stop(self, name: str, removed: bool) -> None:
         """Stops one device; `removed`: it left the config (else it restarts next)."""

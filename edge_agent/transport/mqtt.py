@@ -187,9 +187,14 @@ class MqttPublisher:
     def _on_message_thread(self, client, userdata, message) -> None:
         # Whether a retained message counts (a stale command, or a host's STATE) is the
         # output's to decide: it gets the flag.
-        if self.on_message is not None:
-            self._call_soon(self.on_message, message.topic, message.payload,
-                            bool(message.retain))
+        if self.on_message is None:
+            return
+        try:
+            topic = message.topic  # paho decodes it here; a broker should have checked UTF-8
+        except UnicodeDecodeError:
+            self.log.warning("mqtt_message_unreadable_topic")
+            return
+        self._call_soon(self.on_message, topic, message.payload, bool(message.retain))
 
     def _on_log(self, client, session, level, text) -> None:
         if level == paho.MQTT_LOG_ERR:

@@ -39,8 +39,11 @@ class Mosquitto:
     """A throwaway mosquitto process on a free port, optionally with extra config lines."""
 
     def __init__(self, port: int | None = None, extra: str = "",
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, detached: bool = False) -> None:
         self.port = port or free_port()
+        #: in a session of its own: a terminal's Ctrl-C (SIGINT to the whole foreground
+        #: process group) then reaches only its owner, who stops it after its clients
+        self.detached = detached
         self.dir = Path(tempfile.mkdtemp(prefix="edge-agent-mosquitto-"))
         conf = self.dir / "mosquitto.conf"
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
@@ -57,7 +60,8 @@ class Mosquitto:
     def start(self) -> Mosquitto:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.process = subprocess.Popen([binary, "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=self.detached)
         wait_for_port(self.port)
         return self
 

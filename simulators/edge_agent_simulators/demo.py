@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import sys
@@ -29,7 +30,8 @@ async def demo(stop: asyncio.Event, broker_url: str | None, duration: float | No
     broker: Any = None
     if broker_url is None:
         if local_broker == "mosquitto" or (local_broker == "auto" and mosquitto_available()):
-            broker = Mosquitto().start()
+            # detached: Ctrl-C stops the agent first (a clean disconnect), then the broker
+            broker = Mosquitto(detached=True).start()
             broker_url = broker.url
             print(f"started mosquitto on {broker_url}")
         else:
@@ -78,10 +80,7 @@ class LiveView:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         body = json.loads(message.payload)
-        values = "  ".join(
-            f"{r['metric']}={_fmt(r['value'])}{' ' + r['unit'] if r.get('unit') else ''}"
-            + ("" if r["quality"] == "good" else f"({r['quality']})")
-            for r in body["readings"])
+        values = "  ".join(_reading(r) for r in body["readings"])
         print(f"{body['device']:<10} seq={body['seq']:<5} {values}", flush=True)
         sys.stdout.flush()
 
@@ -90,5 +89,31 @@ class LiveView:
         self.client.disconnect()
 
 
+def _reading(reading: dict[str, Any]) -> str:
+    value, unit = reading["value"], reading.get("unit")
+    if reading["metric"].endswith("_time") and unit == "ms" and isinstance(value, int):
+        text = _iso(value)  # an instant published as epoch milliseconds (NMEA gnss_time)
+    else:
+        text = _fmt(value) + (f" {unit}" if unit else "")
+    quality = reading.get("quality", "good")
+    return f"{reading['metric']}={text}" + ("" if quality == "good" else f"({quality})")
+
+
 def _fmt(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)
+    """Two decimals for floats without a `-0.00`, and JSON's true/false/null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = f"{value:.2f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+    return str(value)
+
+
+def _iso(epoch_ms: int) -> str:
+    try:
+        moment = datetime.datetime.fromtimestamp(epoch_ms / 1000, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(epoch_ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

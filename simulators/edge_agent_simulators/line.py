@@ -14,7 +14,7 @@ import asyncio
 import math
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +72,8 @@ class SicsScale:
         self.start = time.monotonic()
         self.zero = 0.0
         self.commands: Counter[str] = Counter()
+        #: (monotonic time, command) of the latest commands: tests measure poll gaps on it
+        self.received: deque[tuple[float, str]] = deque(maxlen=10_000)
 
     def reading(self, now: float | None = None) -> tuple[float, bool]:
         """(weight, stable) at monotonic time `now`."""
@@ -105,6 +107,7 @@ class SicsScale:
     def answer(self, command: str) -> bytes | None:
         """The reply to one command line (without its terminator); None starts no reply."""
         self.commands[command] += 1
+        self.received.append((time.monotonic(), command))
         if command == "SI":
             return self.weight_line()
         if command == "S":

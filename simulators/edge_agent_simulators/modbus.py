@@ -19,6 +19,7 @@ from typing import Any
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerAscii, FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse
+from pymodbus.pdu.mei_message import ReadDeviceInformationRequest, ReadDeviceInformationResponse
 
 from edge_agent.decode import encode_value, register_count
 from edge_agent_simulators.pty import Pty
@@ -78,6 +79,9 @@ class Unit:
     outcomes: Counter[str] = field(default_factory=Counter)
     written: dict[int, int] = field(default_factory=dict)  # address -> last value written
     pinned: set[tuple[str, int]] = field(default_factory=set)  # (table, address) written
+    #: Read Device Identification (43/14) objects by id (0 VendorName, 1 ProductCode,
+    #: 2 MajorMinorRevision, 4 ProductName...); None: the unit refuses function 43 (01)
+    identification: dict[int, str] | None = None
 
     def refresh(self) -> None:
         for reg in self.registers:
@@ -216,6 +220,8 @@ class ModbusSimulator:
             if faults.exception_count is not None:
                 faults.exception_count -= 1
             response: Any = ExceptionResponse(pdu.function_code, faults.exception)
+        elif isinstance(pdu, ReadDeviceInformationRequest):
+            response = _identify(unit, pdu)
         else:
             response = await pdu.datastore_update(self.context, pdu.dev_id)
         response.dev_id, response.transaction_id = pdu.dev_id, pdu.transaction_id
@@ -254,6 +260,20 @@ class ModbusSimulator:
 
     def serve_pty(self) -> PtyEndpoint:
         return PtyEndpoint(self)
+
+
+def _identify(unit: Unit, pdu: ReadDeviceInformationRequest) -> Any:
+    """This unit's own identification (pymodbus's server answers one global identity)."""
+    if unit.identification is None:
+        return ExceptionResponse(pdu.function_code, ExcCodes.ILLEGAL_FUNCTION)
+    basic = pdu.read_code in (1, 4)  # basic stream, or one object: 0..2 only
+    objects = {oid: text.encode("ascii") for oid, text in sorted(unit.identification.items())
+               if not basic or oid <= 2}
+    if pdu.read_code == 4:
+        if pdu.object_id not in objects:
+            return ExceptionResponse(pdu.function_code, ExcCodes.ILLEGAL_ADDRESS)
+        objects = {pdu.object_id: objects[pdu.object_id]}
+    return ReadDeviceInformationResponse(read_code=pdu.read_code, information=objects)
 
 
 def _corrupt_check(frame: bytes, framing: str) -> bytes:

@@ -13,7 +13,7 @@ from edge_agent_simulators.mbus import start_mbus
 from edge_agent_simulators.modbus import Faults, ModbusSimulator, PtyEndpoint, Register, Unit
 from edge_agent_simulators.nmea import start_nmea
 from edge_agent_simulators.running import Running
-from edge_agent_simulators.spec import DeviceSpec, SimSpec
+from edge_agent_simulators.spec import DeviceSpec, RegisterSpec, SimSpec, UnitSpec
 from edge_agent_simulators.usb.bus import start_usb
 from edge_agent_simulators.waves import Wave
 
@@ -24,9 +24,20 @@ def _units(spec: DeviceSpec) -> dict[int, Unit]:
     units = {}
     for u in spec.units:
         registers = [Register(r.table, r.address, r.type, r.order, _scaled_wave(r), r.length)
-                     for r in u.registers]
-        units[u.unit] = Unit(u.unit, registers, Faults.from_spec(u.faults))
+                     for r in _with_profile(u)]
+        units[u.unit] = Unit(u.unit, registers, Faults.from_spec(u.faults),
+                             identification=u.identification)
     return units
+
+
+def _with_profile(unit: UnitSpec) -> list[RegisterSpec]:
+    if unit.profile is None:
+        return unit.registers
+    from edge_agent_simulators.profiles import register_specs
+
+    own = {r.name: r for r in unit.registers}
+    served = [own.pop(r.name, r) for r in register_specs(unit.profile)]
+    return served + list(own.values())
 
 
 def _scaled_wave(register: Any) -> Wave:
@@ -60,6 +71,16 @@ def _points(spec: DeviceSpec, unit_id: int) -> list[dict[str, Any]]:
     return points
 
 
+def _points_or_profile(spec: DeviceSpec, unit_id: int) -> dict[str, Any]:
+    """The device keys describing a unit: its profile's name (plus any registers of its
+    own as points), or its points."""
+    unit = next(u for u in spec.units if u.unit == unit_id)
+    points = _points(spec, unit_id)
+    if unit.profile is None:
+        return {"points": points}
+    return {"profile": unit.profile, **({"points": points} if points else {})}
+
+
 async def start_modbus_tcp(spec: DeviceSpec, running: dict[str, Running]) -> Running:
     units = _units(spec)
     host, _, port = spec.listen.rpartition(":")
@@ -67,7 +88,7 @@ async def start_modbus_tcp(spec: DeviceSpec, running: dict[str, Running]) -> Run
     bound = server.sockets[0].getsockname()[1]
     first = next(iter(units))
     config = {"name": spec.name, "driver": "modbus", "port": f"tcp://{host}:{bound}",
-              "unit": first, "interval": spec.interval, "points": _points(spec, first)}
+              "unit": first, "interval": spec.interval, **_points_or_profile(spec, first)}
     return Running(spec.name, f"tcp://{host}:{bound}", config, server, units)
 
 
@@ -83,7 +104,7 @@ async def start_modbus_serial(spec: DeviceSpec, running: dict[str, Running]) -> 
         path = endpoint.path
     first = next(iter(units))
     config = {"name": spec.name, "driver": "modbus", "port": path, "unit": first,
-              "baudrate": 9600, "interval": spec.interval, "points": _points(spec, first)}
+              "baudrate": 9600, "interval": spec.interval, **_points_or_profile(spec, first)}
     if framing == "ascii":
         config["framer"] = "ascii"
     return Running(spec.name, path, config, endpoint, units)

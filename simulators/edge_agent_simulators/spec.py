@@ -37,6 +37,11 @@ class UnitSpec(BaseModel):
     unit: int = Field(1, ge=0, le=247)
     registers: list[RegisterSpec] = Field(default_factory=list)
     faults: dict[str, Any] | None = None
+    #: answers to Read Device Identification (43/14), e.g. {0: Vendor, 1: Product code}
+    identification: dict[int, str] | None = None
+    #: a device profile to serve (edge_agent_simulators.profiles): its points become
+    #: registers holding its examples; `registers` add to or replace them by name
+    profile: str | None = None
 
 
 class DeviceSpec(BaseModel):

@@ -1,14 +1,14 @@
 """The Dockerfile's install steps work, proven without a container engine.
 
-No Docker engine runs here, so the image cannot be built. Instead this test builds the context
-the way `docker build` would (only what .dockerignore lets through), replays the build stage of
-the Dockerfile (its WORKDIR, COPY, ENV and RUN lines, the RUN commands verbatim except that
-/opt/venv and /src move into a temp dir), and then, as the image's numeric USER, runs the image's
-ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
+It needs no container engine (tests/deploy/test_pod.py runs the built image itself): it builds
+the context the way `docker build` would (only what .dockerignore lets through), replays the build
+stage of the Dockerfile (its WORKDIR, COPY, ARG, ENV and RUN lines, the RUN commands verbatim
+except that /opt/venv and /src move into a temp dir), and then, as the image's numeric USER, runs
+the image's ENTRYPOINT and CMD: `check-config` on the shipped ConfigMap and a short `run` against
 `edge-agent simulate` and a real Mosquitto, probing the paths the DaemonSet's probes use.
 The image ships no simulators (edge-agent-simulators is test tooling), so `simulate` runs from
 the test's own environment, and the ptys it opens are handed to the image's user.
-What stays unproven: the runtime stage's apt packages (libusb, tini) and the base image itself.
+The runtime stage (libusb, tini, the base, the read-only root) is test_pod.py's.
 """
 
 from __future__ import annotations
@@ -175,6 +175,10 @@ def venv(image_root: Path) -> Path:
         if word == "WORKDIR":
             workdir = image_root / args.lstrip("/")
             workdir.mkdir(parents=True, exist_ok=True)
+        elif word == "ARG":  # a build argument without a value here leaves pip as on the host
+            key, _, value = args.partition("=")
+            if value:
+                env[key] = value
         elif word == "ENV":
             for assignment in shlex.split(args):
                 key, _, value = assignment.partition("=")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.model import BAD, GOOD, Reading
 from edge_agent_drivers.modbus.codec import BlockDecoder
@@ -59,3 +62,45 @@ def test_failed_gives_a_bad_reading_for_every_point_of_the_block():
     points = [ModbusPoint(name=f"p{a}", address=a) for a in range(3)]
     (block,) = plan(points)
     assert BlockDecoder(block).failed() == [Reading(f"p{a}", None, BAD) for a in range(3)]
+
+
+# -- hostile responses: any length, any words (issue #18) -----------------------------------
+_POINT = st.fixed_dictionaries({
+    "address": st.integers(0, 30),
+    "type": st.sampled_from(["uint16", "int16", "uint32", "int32", "uint64", "int64", "float32",
+                             "float64", "bool", "string"]),
+    "order": st.sampled_from(["ABCD", "CDAB", "BADC", "DCBA"]),
+    "table": st.sampled_from(["holding", "input"]),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_POINT, min_size=1, max_size=6),
+       st.lists(st.integers(0, 0xFFFF), max_size=40), st.booleans())
+def test_a_response_of_any_length_gives_one_reading_per_point_and_never_raises(
+        points, words, as_bits):
+    models = [ModbusPoint(name=f"p{i}", **p, length=3) for i, p in enumerate(points)]
+    if as_bits:
+        models = [ModbusPoint(name=f"p{i}", address=p["address"], table="coil")
+                  for i, p in enumerate(points)]
+    for block in plan(models):
+        decoder = BlockDecoder(block)
+        readings = decoder.decode(words)
+        assert [r.metric for r in readings] == [p.name for _, p in block.points]
+        for reading, (_, point) in zip(readings, block.points, strict=True):
+            if point.address - block.address + point.registers > len(words):
+                assert (reading.value, reading.quality) == (None, BAD)
+            elif reading.quality == GOOD:
+                assert reading.value is not None
+                if isinstance(reading.value, float):
+                    assert math.isfinite(reading.value)
+
+
+@pytest.mark.parametrize("words", [[1, 2, "x"], [1, 70000, 3], [None] * 3, [-1, 0, 0]])
+def test_words_that_are_not_16_bit_make_the_block_bad_not_an_exception(words):
+    points = [ModbusPoint(name="a", address=0, type="float32"),
+              ModbusPoint(name="b", address=2, type="uint16")]
+    (block,) = plan(points)
+    readings = BlockDecoder(block).decode(words)
+    assert {r.metric: (r.value, r.quality) for r in readings} == {
+        "a": (None, BAD), "b": (None, BAD)}

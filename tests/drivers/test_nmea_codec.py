@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from edge_agent.model import GOOD, UNCERTAIN
 from edge_agent_drivers.nmea.codec import (
+    RANGES,
     ChecksumError,
     EpochAssembler,
     NmeaError,
@@ -171,3 +172,91 @@ def test_any_single_byte_change_is_caught_by_the_checksum_or_the_framing(positio
         return
     # only a change that keeps the sentence equivalent may pass (e.g. checksum hex case)
     assert result == decode(parse_sentence(line))
+
+
+# -- hostile values in well-framed sentences (issue #18, item 5) ----------------------------
+GGA = ["120000.00", "5130.000", "N", "00007.500", "W", "1", "09", "0.9", "35.0", "M", "47.0",
+       "M", "", ""]
+
+
+def _gga_with(index: int, text: str) -> list[str]:
+    fields = list(GGA)
+    fields[index] = text
+    return fields
+
+
+@pytest.mark.parametrize(("kind", "fields", "metric"), [
+    ("GGA", _gga_with(8, "1e300"), "altitude"),
+    ("GGA", _gga_with(8, "inf"), "altitude"),
+    ("GGA", _gga_with(8, "nan"), "altitude"),
+    ("GGA", _gga_with(8, "250000"), "altitude"),
+    ("GGA", _gga_with(5, "99"), "fix_quality"),
+    ("GGA", _gga_with(7, "-1"), "hdop"),
+    ("GGA", _gga_with(6, "-5"), "satellites"),
+    ("GGA", _gga_with(6, "99999"), "satellites"),
+    ("GGA", _gga_with(6, "1_000"), "satellites"),
+    ("GGA", _gga_with(6, " 7"), "satellites"),
+    ("RMC", ["120000", "A", "5130.000", "N", "00007.500", "W", "1e307", "90.0", "260326"],
+     "speed"),
+    ("RMC", ["120000", "A", "5130.000", "N", "00007.500", "W", "10.0", "720", "260326"],
+     "course"),
+    ("RMC", ["120000", "A", "5130.000", "N", "00007.500", "W", "10.0", "90.0", "310226"],
+     "gnss_time"),  # 31 February
+    ("VTG", ["90.0", "T", "", "M", "", "N", "1_8.5", "K", "A"], "speed"),
+    ("GSA", ["A", "7", *[""] * 12, "Infinity", "1.0", "1.0"], "fix_type"),
+    ("ZDA", ["120000.00", "04", "07", "0_2002", "00", "00"], "gnss_time"),
+])
+def test_a_malformed_or_impossible_value_is_bad_and_counted_the_rest_stays(kind, fields, metric):
+    decoded = decode(parse_sentence(format_sentence("GP", kind, fields)))
+    assert metric in decoded.rejected
+    got = {r.metric: r for r in decoded.readings}
+    assert got[metric].value is None and got[metric].quality == "bad"
+    for reading in decoded.readings:
+        if reading.metric not in decoded.rejected:
+            low, high = RANGES[reading.metric]
+            assert reading.value is not None and low <= reading.value <= high
+
+
+def test_an_unknown_fix_quality_leaves_the_position_uncertain_not_good():
+    decoded = decode(parse_sentence(format_sentence("GP", "GGA", _gga_with(5, "99"))))
+    assert {r.metric: r.quality for r in decoded.readings}["latitude"] == UNCERTAIN
+
+
+@pytest.mark.parametrize("angle", ["51_30.000", "5130.0e1", "inf", "nan", " 5130.000",
+                                   "-5130.000", "5190.000", "9130.000"])
+def test_a_malformed_angle_drops_the_sentence(angle):
+    with pytest.raises(NmeaError):
+        decode(parse_sentence(format_sentence("GP", "GGA", _gga_with(1, angle))))
+
+
+def test_a_rejected_value_does_not_erase_a_valid_one_of_the_same_epoch():
+    epoch = EpochAssembler()
+    gsa = ["A", "3", *[""] * 12, "1.5", "0.8", "1.2"]
+    epoch.add("GSA", decode(parse_sentence(format_sentence("GP", "GSA", gsa))), 1)
+    epoch.add("GGA", decode(parse_sentence(format_sentence("GP", "GGA", _gga_with(7, "-1")))), 1)
+    assert {r.metric: r.value for r in epoch.flush().readings}["hdop"] == 0.8
+
+
+_FIELD_TEXT = st.one_of(
+    st.text(alphabet="0123456789.-", max_size=10),
+    st.sampled_from(["1_000", "inf", "-inf", "nan", "1e300", "5.1e307", "Infinity", " 1", "+1",
+                     "0x10", "99999", "-5", "720", "1e-5"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-10**12, 10**12).map(str))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["GGA", "RMC", "VTG", "GSA", "GLL", "ZDA"]),
+       st.lists(st.one_of(_FIELD_TEXT, st.sampled_from(["N", "S", "E", "W", "A", "V", "T"])),
+                min_size=4, max_size=20))
+def test_nothing_outside_its_valid_range_is_ever_published_as_good(kind, fields):
+    try:
+        decoded = decode(parse_sentence(format_sentence("GP", kind, fields)))
+    except NmeaError:
+        return
+    for reading in decoded.readings:
+        if reading.value is None:
+            assert reading.quality == "bad" and reading.metric in decoded.rejected
+            continue
+        low, high = RANGES[reading.metric]
+        assert isinstance(reading.value, int | float) and low <= reading.value <= high, reading

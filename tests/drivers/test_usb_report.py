@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import struct
+from array import array
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.model import BAD, GOOD
 from edge_agent_drivers.usb.config import UsbField
@@ -47,3 +51,39 @@ def test_a_report_too_short_for_a_field_makes_that_field_bad_and_keeps_the_other
 def test_a_nan_float_is_bad_not_published_as_good():
     assert decode(struct.pack(">f", float("nan")), {"name": "v", "offset": 0,
                                                     "type": "float32"}) == {"v": (None, BAD)}
+
+
+_FIELD = st.fixed_dictionaries({
+    "name": st.sampled_from(["a", "b", "c", "d"]),
+    "offset": st.integers(0, 40),
+    "type": st.sampled_from(["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+                             "uint64", "float32", "float64", "bool", "string"]),
+    "endian": st.sampled_from(["big", "little"]),
+}).map(lambda f: {**f, "length": 5} if f["type"] == "string" else f)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_FIELD, min_size=1, max_size=4, unique_by=lambda f: f["name"]),
+       st.binary(max_size=64))
+def test_any_report_of_any_length_decodes_one_reading_per_field_and_never_raises(fields, data):
+    decoder = ReportDecoder([UsbField.model_validate(f) for f in fields])
+    readings = decoder.decode(data)
+    assert [r.metric for r in readings] == [f["name"] for f in fields]
+    ends = [f["offset"] + (5 if f["type"] == "string" else
+                           1 if f["type"] in ("bool", "int8", "uint8") else
+                           int(f["type"][-2:].lstrip("t")) // 8) for f in fields]
+    assert decoder.short(data) == any(end > len(data) for end in ends)
+    for reading, end in zip(readings, ends, strict=True):
+        if end > len(data):
+            assert (reading.value, reading.quality) == (None, BAD)
+        else:
+            assert reading.quality == (GOOD if reading.value is not None else BAD)
+            if isinstance(reading.value, float):
+                assert math.isfinite(reading.value)
+
+
+def test_a_report_handed_over_as_an_array_decodes_like_bytes():
+    decoder = ReportDecoder([UsbField.model_validate({"name": "v", "offset": 0,
+                                                      "type": "uint16"})])
+    assert decoder.decode(array("B", [1, 2])) == decoder.decode(b"\x01\x02")
+    assert decoder.short(b"\x01") and not decoder.short(b"\x01\x02")

@@ -32,6 +32,9 @@ class CanDevice(DeviceConfig):
     points: list[SignalPoint] = Field(default_factory=list)
     #: publish signals that `points` does not list, under their DBC names
     all_signals: bool = True
+    #: a bus may be quiet for hours (a vehicle parked, a machine off): silence is not a fault
+    #: unless asked for (an unplugged adapter is a disconnect anyway); see docs/driver-can.md
+    stale_after: float | None = Field(0.0, ge=0, le=86400)
     #: at most one decoded frame per message id per this many seconds (0: every frame)
     throttle: float = Field(0.0, ge=0, le=3600)
     #: seconds to wait after opening a serial adapter (some reset when the port opens)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import serial
@@ -66,6 +67,10 @@ class Iec62056Driver(BlockingDriver):
         await self.in_thread(self._close)
         await super().close()
 
+    def poll_time_limit(self) -> float:
+        """A readout may take its whole `readout_timeout` (300 baud sign-on, long data set)."""
+        return max(super().poll_time_limit(), self.config.readout_timeout + self.config.timeout)
+
     async def poll(self) -> Sample:
         sets, ts = await self.in_thread(self._readout)
         return Sample(ts, self._readings(sets))
@@ -119,36 +124,33 @@ class Iec62056Driver(BlockingDriver):
             raise ProtocolError(str(exc)) from None
 
     def _read_line(self, ser: Any, deadline: float) -> bytes:
-        line = bytearray()
-        silent_until = time.monotonic() + self.config.timeout
-        while not line.endswith(b"\n"):
-            now = time.monotonic()
-            if now > deadline or now > silent_until:
-                raise DeviceTimeout("no identification message from the meter"
-                                    if not line else f"identification cut short: {bytes(line)!r}")
-            chunk = ser.read(1)
-            if chunk:
-                line += chunk
-                silent_until = now + self.config.timeout
-                if len(line) > codec.MAX_IDENT:
-                    raise ProtocolError(f"identification too long: {bytes(line[:40])!r}...")
-        return bytes(line)
+        return self._read_until(ser, deadline, lambda got: got.endswith(b"\n"),
+                                codec.MAX_IDENT, "identification message", one_byte=True)
 
     def _read_message(self, ser: Any, deadline: float) -> bytes:
-        message = bytearray()
+        return self._read_until(ser, deadline, codec.readout_complete, codec.MAX_READOUT,
+                                "data readout")
+
+    def _read_until(self, ser: Any, deadline: float, complete: Callable[[bytearray], bool],
+                    limit: int, what: str, *, one_byte: bool = False) -> bytes:
+        """Reads until `complete`, allowing `timeout` of silence and `deadline` in all.
+
+        The identification is read a byte at a time: nothing after its line feed may be taken
+        from the port before the rate switches."""
+        got = bytearray()
         silent_until = time.monotonic() + self.config.timeout
-        while not codec.readout_complete(message):
+        while not complete(got):
             now = time.monotonic()
             if now > deadline or now > silent_until:
-                raise DeviceTimeout("data readout cut short" if message
-                                    else "no data readout after the option select")
-            chunk = ser.read(max(1, min(ser.in_waiting, 4096)))
+                raise DeviceTimeout(f"{what} cut short: {bytes(got[:40])!r}" if got
+                                    else f"no {what} from the meter")
+            chunk = ser.read(1 if one_byte else max(1, min(ser.in_waiting, 4096)))
             if chunk:
-                message += chunk
+                got += chunk
                 silent_until = now + self.config.timeout
-                if len(message) > codec.MAX_READOUT:
-                    raise ProtocolError(f"readout larger than {codec.MAX_READOUT} bytes")
-        return bytes(message)
+                if len(got) > limit:
+                    raise ProtocolError(f"{what} longer than {limit} bytes")
+        return bytes(got)
 
     def _lenient(self, message: bytes) -> list[codec.DataSet]:
         """The data sets of a message whose BCC is right but with lines that do not parse."""

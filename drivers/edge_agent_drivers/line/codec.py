@@ -4,11 +4,18 @@ Pure (text in, readings out), so every format is tested as a table and fuzzed di
 A line that cannot be read as a whole (no match, too few columns, broken JSON) raises
 LineError; a single field that does not convert is published as a bad reading while the rest
 of the line stays good, because one garbled column says nothing about the others.
+
+A line is device input, so nothing in it may escape as anything but LineError: a JSON document
+nested 3000 deep (RecursionError) or any other parser failure is one bad line, and the other
+lines of the same read are parsed as usual. Numbers are read strictly: `1_000`, ` inf`, `nan`
+and `Infinity` are not numbers from an instrument, and an integer outside 64 bits (which no
+JSON encoder downstream can carry) is not one either.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +26,10 @@ from edge_agent_drivers.line.config import LineDevice, LineField
 _TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
 _RANK = {GOOD: 0, UNCERTAIN: 1, BAD: 2}
+#: decimal notation as instruments print it; exponents allowed (analysers print 1.2E-05)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?\Z")
+_INT = re.compile(r"[+-]?[0-9]{1,20}\Z")
+INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # what the telemetry encoder carries
 
 
 class LineError(ValueError):
@@ -46,16 +57,31 @@ def to_int(value: Any) -> int:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, float):
-        if not value.is_integer():
+        if not value.is_integer():  # also NaN and the infinities
             raise ValueError(f"{value} is not a whole number")
-        return int(value)
-    return int(value)
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and _INT.match(value):
+        number = int(value)
+    else:
+        raise ValueError(f"{value!r} is not a whole number")
+    if not INT_RANGE[0] <= number <= INT_RANGE[1]:
+        raise ValueError("the number is outside 64 bits")
+    return number
 
 
 def to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
-    return float(value)
+    if isinstance(value, str) and not _FLOAT.match(value):
+        raise ValueError(f"{value!r} is not a number")
+    if not isinstance(value, int | float | str):
+        raise ValueError(f"{type(value).__name__} is not a number")
+    number = float(value)
+    if not math.isfinite(number):  # 1e999, or NaN/Infinity that Python's json accepts
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def to_string(value: Any) -> str:
@@ -111,7 +137,15 @@ class LineParser:
         return self._ignore is not None and self._ignore.search(text) is not None
 
     def parse(self, text: str) -> list[Reading]:
-        """Readings of one line (terminator already removed). Raises LineError."""
+        """Readings of one line (terminator already removed). Raises LineError, only."""
+        try:
+            return self._parse(text)
+        except LineError:
+            raise
+        except Exception as exc:  # device input: nothing else may escape
+            raise LineError("parse", f"{type(exc).__name__}: {str(exc)[:80]}") from None
+
+    def _parse(self, text: str) -> list[Reading]:
         values = self._extract(text)
         readings = [f.reading(values(f.source)) for f in self.fields]
         if self.rules:
@@ -143,8 +177,8 @@ class LineParser:
             return columns.__getitem__
         try:
             document = json.loads(text)
-        except ValueError:
-            raise LineError("json", "not a JSON document") from None
+        except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested too deep
+            raise LineError("json", "not a JSON document (or nested too deep)") from None
         if not isinstance(document, dict):
             raise LineError("json", "not a JSON object")
         return lambda path: _lookup(document, path)

@@ -3,7 +3,8 @@
 Streaming devices (an Arduino printing CSV, a scale in continuous mode) are read as they talk:
 one sample per parsed line. Polled devices get `command` written every interval and the first
 line that is not ignored, within `timeout`, is their answer. Lines that cannot be read are
-counted in `counters` by kind (`no_match`, `columns`, `json`, `encoding`, `overflow`) and
+counted in `counters` by kind (`no_match`, `columns`, `json`, `encoding`, `overflow`, `parse`,
+`overrun`: bytes the transport dropped because they came faster than they were read) and
 logged, never raised out of a stream; in poll mode an unreadable answer fails that poll.
 """
 
@@ -83,12 +84,19 @@ class LineDriver(Driver):
             for _ in range(overflows):
                 self.counters.record("overflow", f"no terminator within {self.config.max_line}")
 
+    def _count_overrun(self, transport: SerialTransport) -> None:
+        dropped = transport.take_dropped()
+        if dropped:
+            self.counters.record("overrun", f"{dropped} bytes dropped unread: the device "
+                                 "sends faster than its lines are read")
+
     async def stream(self) -> AsyncIterator[Sample]:
         transport = self._transport_or_fail()
         splitter, parser = self._splitter, self.parser
         while True:
             data = await transport.read()
             ts = now_ms()
+            self._count_overrun(transport)
             lines = splitter.feed(data)
             if splitter.overflows:
                 self._count_overflows()

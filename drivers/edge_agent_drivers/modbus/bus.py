@@ -217,5 +217,7 @@ class Bus:
 
 
 def _describe(settings: tuple[object, ...]) -> str:
+    if len(settings) == 1:  # TCP: the framing is all that must agree
+        return f"{settings[0]} framing"
     framing, baudrate, parity, stopbits, bytesize = settings
     return f"{framing} {baudrate} {bytesize}{parity}{stopbits}"

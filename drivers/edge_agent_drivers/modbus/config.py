@@ -30,6 +30,12 @@ class ModbusPoint(PointConfig):
     order: Order = "ABCD"
     length: int = Field(1, ge=1, le=250)  # characters, for type string
     bit: int | None = Field(None, ge=0, le=15)  # a bool taken from one bit of a register
+    # raw values the device sends for "not available" (SunSpec's 0x8000, ABB's all-FF...):
+    # published as bad, never as a number
+    invalid: list[int] | None = None
+    # the name of an int16 point of the same device holding a power of ten (SunSpec's
+    # sunssf): value = raw * 10^that * scale + offset, re-read with every poll
+    scale_factor: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @model_validator(mode="after")
     def _fits_table(self) -> ModbusPoint:
@@ -78,9 +84,19 @@ class ModbusDevice(DeviceConfig):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"point names must be unique: {', '.join(duplicates)}")
+        by_name = {p.name: p for p in self.points}
         for point in self.points:
             if point.table not in BIT_TABLES and point.registers > self.max_registers:
                 raise ValueError(f"point '{point.name}' needs more than max_registers")
+            if point.scale_factor is not None:
+                factor = by_name.get(point.scale_factor)
+                if factor is None or factor is point or factor.type != "int16" or (
+                        factor.scale_factor is not None):
+                    raise ValueError(f"point '{point.name}': scale_factor must name another "
+                                     f"int16 point of this device without a scale_factor")
+                if point.writable:
+                    raise ValueError(f"point '{point.name}': a point with a scale_factor "
+                                     f"cannot be writable")
         return self
 
     @property
@@ -111,5 +127,8 @@ class ModbusDevice(DeviceConfig):
         return 3.5 * bits / self.baudrate
 
     def line_settings(self) -> tuple[object, ...]:
-        """What every device sharing this port must agree on."""
+        """What every device sharing this port must agree on. Over TCP only the framing:
+        the serial settings (which profiles fill in) are the gateway's business, not ours."""
+        if self.is_tcp:
+            return (self.framing,)
         return (self.framing, self.baudrate, self.parity, self.stopbits, self.bytesize)

@@ -40,6 +40,7 @@ from pymodbus.pdu.register_message import (
 from edge_agent.sdk import (
     DeviceDisconnected,
     DeviceError,
+    Discovered,
     Driver,
     ProtocolError,
     Reading,
@@ -49,6 +50,7 @@ from edge_agent.sdk import (
     get_logger,
     now_ms,
 )
+from edge_agent_drivers.modbus.adjust import Adjuster
 from edge_agent_drivers.modbus.answers import WrongAnswer
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
@@ -82,11 +84,26 @@ class ModbusDriver(Driver):
         self.blocks = [BlockDecoder(b) for b in plan(
             config.points, config.max_registers, config.max_bits, config.gap_registers)]
         self._points = {p.name: p for p in config.points}
+        adjuster = Adjuster(config.points)  # "not available" markers, SunSpec scale factors
+        self._adjust = adjuster.apply if adjuster.needed else None
         self._bus: Bus | None = None
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
         self._reads: dict[BlockDecoder, ModbusPDU] = {}  # each block's request, made once
         self.log = get_logger("edge_agent.modbus", device=config.name)
+
+    @classmethod
+    def discover(cls, port: str, **options: Any) -> list[Discovered]:
+        """`edge-agent scan --modbus PORT`: the units that answer, read only (discover.py).
+
+        Options: `units` (ids), `timeout` (s per request), `unit_time` (s per unit),
+        `serial` (baudrate, parity, stopbits), `profiles` (the profiles' match rules)."""
+        from edge_agent_drivers.modbus import discover
+
+        return discover.discover(port, units=list(options.get("units") or range(1, 248)),
+                                 timeout=float(options.get("timeout", 0.3)),
+                                 unit_time=float(options.get("unit_time", 3.0)),
+                                 serial=options.get("serial"), profiles=options.get("profiles"))
 
     async def connect(self) -> None:
         """Opens (or joins) the port's bus, then checks that this unit answers.
@@ -128,7 +145,7 @@ class ModbusDriver(Driver):
             self.errors[self._silent.kind] += 1
         if len(layout) != len(self.blocks):
             self.blocks = layout
-        return Sample(ts, readings)
+        return Sample(ts, self._adjust(readings) if self._adjust else readings)
 
     async def _read(self, bus: Bus, decoder: BlockDecoder,
                     readings: list[Reading]) -> list[BlockDecoder]:

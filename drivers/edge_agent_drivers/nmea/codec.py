@@ -8,22 +8,55 @@ NMEA 0183 4.11 and accept the older 2.x layouts (no mode indicator, legacy VTG).
 
 Values are raw in NMEA's own units where NMEA has one: speed in knots (the driver declares the
 scale to m/s, so the core converts), altitude in metres, angles in degrees.
+
+A sentence with a good checksum can still carry nonsense (a receiver bug, a simulator, an
+attacker on the line): numbers are read strictly (NMEA's digits, a dot and a sign, nothing
+Python's `float()` also takes such as `1_000`, `inf`, `nan` or `1e300`), and every value
+field has a physical range (`RANGES`). A value outside it is published as bad (value None)
+and named in `Decoded.rejected`, so the driver counts it; the sentence's other values stand.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import reduce
 from operator import xor
 from typing import NamedTuple
 
-from edge_agent.sdk import GOOD, UNCERTAIN, Reading, Sample
+from edge_agent.sdk import BAD, GOOD, UNCERTAIN, Reading, Sample
 
 #: the sentence types decoded; others (GSV, TXT, proprietary $P...) are passed over
 SENTENCES = ("GGA", "RMC", "VTG", "GSA", "GLL", "ZDA")
 KNOTS_PER_KMH = 1 / 1.852
 _HEX = b"0123456789ABCDEFabcdef"
+
+#: metric -> (lowest, highest) value a real receiver can report, in the codec's units.
+#: Altitude: below the lowest land (-430 m) and geoid swings, up to the edge of space.
+#: Speed (knots): up to orbital velocity (~15,000 kn); receivers cap at 1,000 kn (COCOM).
+#: fix_quality 0-8 (GGA, NMEA 0183 4.11), fix_type 1-3 (GSA); DOPs are 0-99.99 by the
+#: standard's field width (99.99 is "unknown" on many receivers).
+RANGES: dict[str, tuple[float, float]] = {
+    "latitude": (-90.0, 90.0),
+    "longitude": (-180.0, 180.0),
+    "altitude": (-1_000.0, 100_000.0),
+    "speed": (0.0, 20_000.0),
+    "course": (0.0, 360.0),
+    "satellites": (0, 255),
+    "fix_quality": (0, 8),
+    "fix_type": (1, 3),
+    "hdop": (0.0, 100.0),
+    "pdop": (0.0, 100.0),
+    "vdop": (0.0, 100.0),
+    # UTC epoch ms from the GPS epoch (1980-01-06) to the end of 2099
+    "gnss_time": (315_964_800_000, 4_102_444_800_000),
+}
+#: the only number syntax NMEA uses: optional minus, digits, optional fraction
+_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+_INTEGER = re.compile(r"[0-9]{1,9}\Z")
+_TIME = re.compile(r"[0-9]{6}(?:\.[0-9]{0,9})?\Z")
+_MINUTES = re.compile(r"[0-9]{2}(?:\.[0-9]*)?\Z")
 
 
 class NmeaError(ValueError):
@@ -102,7 +135,7 @@ def parse_angle(value: str, hemisphere: str, negative: str, positive: str,
     dot = value.find(".")
     split = (len(value) if dot < 0 else dot) - 2  # minutes are the two digits before the dot
     whole = value[:split]
-    if split < 1 or not whole.isdigit():
+    if not 1 <= split <= 3 or not _INTEGER.match(whole) or not _MINUTES.match(value[split:]):
         raise NmeaError(f"'{value}' is not an angle")
     degrees, minutes = int(whole), float(value[split:])
     if not 0 <= minutes < 60 or degrees > limit:
@@ -125,7 +158,7 @@ def parse_time(value: str) -> int | None:
     """`hhmmss.ss` to milliseconds of the UTC day."""
     if not value:
         return None
-    if len(value) < 6 or not value[:6].isdigit():
+    if not _TIME.match(value):
         raise NmeaError(f"'{value}' is not hhmmss")
     hours, minutes, seconds = int(value[:2]), int(value[2:4]), float(value[4:])
     if hours > 23 or minutes > 59 or seconds >= 61:
@@ -136,24 +169,82 @@ def parse_time(value: str) -> int | None:
 def utc_ms(day: int, month: int, year: int, time_ms: int) -> int:
     try:
         midnight = datetime(year, month, day, tzinfo=UTC)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise NmeaError(f"{year}-{month}-{day} is not a date") from None
     return int(midnight.timestamp()) * 1000 + time_ms
 
 
+def _integer(value: str) -> int:
+    """A date part: plain digits only (`int()` would also take ` 7`, `+7` and `0_7`)."""
+    if not _INTEGER.match(value):
+        raise NmeaError(f"'{value}' is not a number")
+    return int(value)
+
+
 def _number(value: str, convert: Callable[[str], float | int] = float) -> float | int | None:
-    return convert(value) if value else None
+    """A numeric field in NMEA's own syntax; None when empty; a ValueError otherwise."""
+    if not value:
+        return None
+    if not (_INTEGER if convert is int else _DECIMAL).match(value):
+        raise ValueError(f"'{value}' is not an NMEA number")
+    return convert(value)
 
 
 # -- sentences to readings ------------------------------------------------------------------
 class Decoded(NamedTuple):
     time_ms: int | None  # UTC time of day the sentence is about: its epoch; None if it has none
     readings: list[Reading]
+    #: metrics whose field was malformed or out of range: published as bad, counted
+    rejected: tuple[str, ...] = ()
 
 
-def _add(out: list[Reading], metric: str, value: object, quality: str) -> None:
-    if value is not None:
-        out.append(Reading(metric, value, quality))
+class _Readings(list[Reading]):
+    """The readings of one sentence, and the metrics whose value failed its check."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rejected: list[str] = []
+
+    def add(self, metric: str, value: float | int | None, quality: str) -> float | int | None:
+        """Adds `value` if it is inside the metric's range; returns it then, else None."""
+        if value is None:
+            return None
+        low, high = RANGES[metric]
+        if low <= value <= high:  # NaN never passes
+            self.append(Reading(metric, value, quality))
+            return value
+        self.reject(metric)
+        return None
+
+    def number(self, metric: str, text: str, quality: str,
+               convert: Callable[[str], float | int] = float) -> float | int | None:
+        """Adds the numeric field `text` as `metric`; returns the value if it was valid."""
+        try:
+            value = _number(text, convert)
+        except ValueError:
+            self.reject(metric)
+            return None
+        return self.add(metric, value, quality)
+
+    def date(self, metric: str, day: str, month: str, year: str, time_ms: int,
+             century: bool = False) -> None:
+        """Adds the UTC instant of a date and time of day; a broken date is rejected alone."""
+        try:
+            full_year = _integer(year)
+            if century:  # RMC's two-digit year: 80-99 is the 1900s (GPS began in 1980)
+                full_year += 2000 if full_year < 80 else 1900
+            instant = utc_ms(_integer(day), _integer(month), full_year, time_ms)
+        except NmeaError:
+            self.reject(metric)
+            return
+        self.add(metric, instant, GOOD)
+
+    def reject(self, metric: str) -> None:
+        self.rejected.append(metric)
+        self.append(Reading(metric, None, BAD))
+
+    def done(self, time_ms: int | None) -> Decoded:
+        return Decoded(time_ms, list(self), tuple(self.rejected))
 
 
 def _field(fields: list[str], index: int) -> str:
@@ -167,16 +258,16 @@ def _need(fields: list[str], count: int, kind: str) -> None:
 
 def _gga(f: list[str]) -> Decoded:
     _need(f, 9, "GGA")
-    fix = _number(f[5], int)
-    quality = GOOD if fix not in (0, 6, 7, 8) else UNCERTAIN  # 6 dead reckoning, 7 manual, 8 sim
-    out: list[Reading] = []
-    _add(out, "latitude", parse_latitude(f[1], f[2]), quality)
-    _add(out, "longitude", parse_longitude(f[3], f[4]), quality)
-    _add(out, "altitude", _number(f[8]), quality)
-    _add(out, "fix_quality", fix, GOOD)
-    _add(out, "satellites", _number(f[6], int), GOOD)
-    _add(out, "hdop", _number(f[7]), GOOD)
-    return Decoded(parse_time(f[0]), out)
+    out = _Readings()
+    fix = out.number("fix_quality", f[5], GOOD, int)
+    # 1 GPS, 2 DGPS, 3 PPS, 4 RTK, 5 float RTK; 0 none, 6 dead reckoning, 7 manual, 8 sim
+    quality = GOOD if fix is not None and 1 <= fix <= 5 else UNCERTAIN
+    out.add("latitude", parse_latitude(f[1], f[2]), quality)
+    out.add("longitude", parse_longitude(f[3], f[4]), quality)
+    out.number("altitude", f[8], quality)
+    out.number("satellites", f[6], GOOD, int)
+    out.number("hdop", f[7], GOOD)
+    return out.done(parse_time(f[0]))
 
 
 def _rmc(f: list[str]) -> Decoded:
@@ -184,16 +275,16 @@ def _rmc(f: list[str]) -> Decoded:
     valid = f[1] == "A" and _field(f, 11) not in ("N", "E")
     quality = GOOD if valid else UNCERTAIN
     time_ms = parse_time(f[0])
-    out: list[Reading] = []
-    _add(out, "latitude", parse_latitude(f[2], f[3]), quality)
-    _add(out, "longitude", parse_longitude(f[4], f[5]), quality)
-    _add(out, "speed", _number(f[6]), quality)
-    _add(out, "course", _number(f[7]), quality)
+    out = _Readings()
+    out.add("latitude", parse_latitude(f[2], f[3]), quality)
+    out.add("longitude", parse_longitude(f[4], f[5]), quality)
+    out.number("speed", f[6], quality)
+    out.number("course", f[7], quality)
     date = f[8]
-    if time_ms is not None and len(date) == 6 and date.isdigit():
-        year = 2000 + int(date[4:]) if int(date[4:]) < 80 else 1900 + int(date[4:])
-        _add(out, "gnss_time", utc_ms(int(date[:2]), int(date[2:4]), year, time_ms), GOOD)
-    return Decoded(time_ms, out)
+    if time_ms is not None and date:
+        parts = (date[:2], date[2:4], date[4:]) if len(date) == 6 else ("",) * 3
+        out.date("gnss_time", *parts, time_ms, century=True)
+    return out.done(time_ms)
 
 
 def _vtg(f: list[str]) -> Decoded:
@@ -203,42 +294,47 @@ def _vtg(f: list[str]) -> Decoded:
         _need(f, 4, "VTG")
         course, knots, kmh, mode = f[0], f[2], f[3], ""
     quality = UNCERTAIN if mode in ("N", "E") else GOOD
-    speed = _number(knots)
-    if speed is None and kmh:
-        speed = float(kmh) * KNOTS_PER_KMH
-    out: list[Reading] = []
-    _add(out, "course", _number(course), quality)
-    _add(out, "speed", speed, quality)
-    return Decoded(None, out)
+    out = _Readings()
+    out.number("course", course, quality)
+    if knots or not kmh:
+        out.number("speed", knots, quality)
+    else:
+        try:
+            speed = _number(kmh)
+        except ValueError:
+            out.reject("speed")
+        else:
+            out.add("speed", speed * KNOTS_PER_KMH if speed is not None else None, quality)
+    return out.done(None)
 
 
 def _gsa(f: list[str]) -> Decoded:
     _need(f, 17, "GSA")
-    out: list[Reading] = []
-    _add(out, "fix_type", _number(f[1], int), GOOD)  # 1 none, 2 2D, 3 3D
-    _add(out, "pdop", _number(f[14]), GOOD)
-    _add(out, "hdop", _number(f[15]), GOOD)
-    _add(out, "vdop", _number(f[16]), GOOD)
-    return Decoded(None, out)
+    out = _Readings()
+    out.number("fix_type", f[1], GOOD, int)  # 1 none, 2 2D, 3 3D
+    out.number("pdop", f[14], GOOD)
+    out.number("hdop", f[15], GOOD)
+    out.number("vdop", f[16], GOOD)
+    return out.done(None)
 
 
 def _gll(f: list[str]) -> Decoded:
     _need(f, 4, "GLL")
     valid = _field(f, 5) in ("A", "") and _field(f, 6) not in ("N", "E")
     quality = GOOD if valid else UNCERTAIN
-    out: list[Reading] = []
-    _add(out, "latitude", parse_latitude(f[0], f[1]), quality)
-    _add(out, "longitude", parse_longitude(f[2], f[3]), quality)
-    return Decoded(parse_time(_field(f, 4)), out)
+    out = _Readings()
+    out.add("latitude", parse_latitude(f[0], f[1]), quality)
+    out.add("longitude", parse_longitude(f[2], f[3]), quality)
+    return out.done(parse_time(_field(f, 4)))
 
 
 def _zda(f: list[str]) -> Decoded:
     _need(f, 4, "ZDA")
     time_ms = parse_time(f[0])
-    out: list[Reading] = []
+    out = _Readings()
     if time_ms is not None and f[1] and f[2] and f[3]:
-        _add(out, "gnss_time", utc_ms(int(f[1]), int(f[2]), int(f[3]), time_ms), GOOD)
-    return Decoded(time_ms, out)
+        out.date("gnss_time", f[1], f[2], f[3], time_ms)
+    return out.done(time_ms)
 
 
 DECODERS: dict[str, Callable[[list[str]], Decoded]] = {
@@ -266,8 +362,8 @@ class EpochAssembler:
     same instant. The burst ends, and a sample is released, when a sentence carries another
     UTC time, when a sentence type repeats (a receiver sends each once per epoch, except GSA:
     one per constellation), or when the line falls silent (`flush()`, called by the driver
-    after `epoch_gap`). Later sentences of an epoch overwrite earlier values of a metric. The
-    sample's `ts` is when the epoch's first byte was read.
+    after `epoch_gap`). Later sentences of an epoch overwrite earlier values of a metric
+    (except with a rejected one). The sample's `ts` is when the epoch's first byte was read.
     """
 
     __slots__ = ("_seen", "_time", "_ts", "_values")
@@ -297,7 +393,9 @@ class EpochAssembler:
             self._time = time_ms
         values = self._values
         for reading in decoded.readings:
-            values[reading.metric] = reading
+            # a value rejected by one sentence does not erase what another gave this epoch
+            if reading.value is not None or reading.metric not in values:
+                values[reading.metric] = reading
         return done
 
     def flush(self) -> Sample | None:

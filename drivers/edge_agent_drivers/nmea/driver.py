@@ -2,8 +2,9 @@
 
 Reads through the event loop (see edge_agent.serial_transport for why not a thread).
 Sentences that fail a check are dropped and counted in `counters` by kind (`checksum`,
-`truncated`, `noise`, `parse`, `overflow`) and logged sparingly; the stream never fails on bad
-input, only on a lost port.
+`truncated`, `noise`, `parse`, `overflow`) and logged sparingly; a single value that is
+malformed or physically impossible (see `codec.RANGES`) is published as bad and counted as
+`range`. The stream never fails on bad input, only on a lost port.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ class NmeaDriver(Driver):
                     yield sample
                 continue
             ts = now_ms()
+            dropped = transport.take_dropped()
+            if dropped:
+                self.counters.record("overrun", f"{dropped} bytes dropped unread")
             for line in splitter.feed(data):
                 sample = self._add(epoch, line, ts)
                 if sample is not None:
@@ -117,5 +121,8 @@ class NmeaDriver(Driver):
             return None
         if decoded is None:
             return None
+        for metric in decoded.rejected:  # published as bad: a value no receiver can mean
+            self.counters.record("range", f"{metric}: malformed or outside its valid range",
+                                 line)
         self.sentences[sentence.type] += 1
         return epoch.add(sentence.type, decoded, ts)

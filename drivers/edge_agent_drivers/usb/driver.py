@@ -186,7 +186,10 @@ class UsbDriver(BlockingDriver):
                                 ) from None
         except usb.core.USBError as exc:
             raise self._converted(exc) from None
-        return Sample(now_ms(), self.decoder.decode(data.tobytes()))
+        report = data.tobytes()
+        if self.decoder.short(report):  # the fields past its end are published as bad
+            self.errors["short_report"] += 1
+        return Sample(now_ms(), self.decoder.decode(report))
 
     def _send_request(self, device: Any) -> None:
         config, request, timeout = self.config, self._request, self._timeout_ms

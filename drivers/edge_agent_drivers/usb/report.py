@@ -2,7 +2,9 @@
 
 Each field is compiled once into a struct unpacker at a fixed offset, so decoding a report
 costs one struct call per field. A field the report is too short for is published as bad
-(value None), never as a stale or guessed value.
+(value None), never as a stale or guessed value. A report is device input: whatever its length
+or content, `decode` returns one reading per field and never raises (the driver counts short
+reports as `short_report`).
 """
 
 from __future__ import annotations
@@ -47,10 +49,19 @@ class ReportDecoder:
         #: the shortest report that holds every field
         self.min_length = max(end for _, end, _ in self._fields)
 
+    def short(self, data: bytes) -> bool:
+        """True when the report cannot hold every field (some of them will be bad)."""
+        return len(data) < self.min_length
+
     def decode(self, data: bytes) -> list[Reading]:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # pyusb hands over array('B')
         size = len(data)
         out = []
         for name, end, decode in self._fields:
-            value = decode(data) if end <= size else None
+            try:
+                value = decode(data) if end <= size else None
+            except (struct.error, IndexError, ValueError, TypeError):
+                value = None
             out.append(Reading(name, value, GOOD if value is not None else BAD))
         return out

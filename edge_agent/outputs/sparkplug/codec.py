@@ -9,9 +9,11 @@ messages, seq and bdSeq are the session's.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from edge_agent.inbound import MAX_PAYLOAD_BYTES
 from edge_agent.model import BAD, GOOD
 from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
 
@@ -109,8 +111,70 @@ def _set_value(metric: pb.Payload.Metric, datatype: int, value: Any) -> None:
         metric.string_value = str(value)
 
 
+#: the value fields a command may use for a metric of each datatype (the specification puts
+#: Int8..UInt16 in int_value and UInt32..UInt64 in long_value; writers disagree on UInt32 and
+#: on the width of signed values, so both integer fields are read, each exactly)
+_COMMAND_FIELDS: dict[int, frozenset[str]] = {
+    **{kind: frozenset({"int_value", "long_value"}) for kind in INTEGER_TYPES},
+    pb.Float: frozenset({"float_value", "double_value"}),
+    pb.Double: frozenset({"float_value", "double_value"}),
+    pb.Boolean: frozenset({"boolean_value"}),
+    pb.String: frozenset({"string_value"}),
+    pb.Text: frozenset({"string_value"}),
+    pb.Unknown: frozenset({"int_value", "long_value", "float_value", "double_value",
+                           "boolean_value", "string_value"}),
+}
+_FIELD_BITS = {"int_value": 32, "long_value": 64}
+DATATYPE_NAMES = {number: name for name, number in pb.DataType.items()}
+
+
+def command_value(metric: pb.Payload.Metric, datatype: int) -> Any:
+    """The value a DCMD metric asks for, as the requester expressed it; raises ValueError.
+
+    The metric's own `datatype`, when given, must be the born one, and its value must sit in
+    a field that datatype uses. A signed value arrives as two's complement, either of its
+    own width (Int16 -1 as 0xFFFF, what this agent publishes) or sign-extended to the
+    field's width (0xFFFFFFFF, what Tahu's Java library sends); only those two spellings are
+    read as negative. Any other integer is taken at face value, so that 70000 for an Int16
+    stays 70000 and is refused by the point's checks instead of being wrapped into range.
+    """
+    name = DATATYPE_NAMES.get(datatype, str(datatype))
+    if metric.HasField("datatype") and metric.datatype not in (datatype, pb.Unknown):
+        raise ValueError(f"datatype {DATATYPE_NAMES.get(metric.datatype, metric.datatype)} "
+                         f"does not match the metric's {name}")
+    kind = metric.WhichOneof("value")
+    if metric.is_null or kind is None:
+        raise ValueError("the metric carries no value")
+    if kind not in _COMMAND_FIELDS.get(datatype, frozenset()):
+        raise ValueError(f"a {kind} cannot set a metric of datatype {name}")
+    value = getattr(metric, kind)
+    bits = _SIGNED_BITS.get(datatype)
+    if bits is not None and kind in _FIELD_BITS:
+        half, width = 1 << (bits - 1), 1 << _FIELD_BITS[kind]
+        if (1 << bits) - half <= value < 1 << bits and bits < _FIELD_BITS[kind]:
+            value -= 1 << bits
+        elif width - half <= value < width:
+            value -= width
+    elif kind == "float_value":
+        value = _exact_float32(value)
+    return value
+
+
+def _exact_float32(value: float) -> float:
+    """A float32 as the shortest decimal that reads back as the same float32 (0.1, not
+    0.10000000149011612): the number the requester wrote, before protobuf widened it."""
+    if not math.isfinite(value):
+        return value
+    for digits in range(6, 10):
+        text = float(f"{value:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", text))[0] == value:
+            return text
+    return value
+
+
 def metric_value(metric: pb.Payload.Metric, datatype: int) -> Any:
-    """The Python value of a received metric (commands), signed by its datatype."""
+    """The Python value of a metric of this agent's own encoding, signed by its datatype
+    (what `_set_value` wrote); commands are read by `command_value`."""
     if metric.is_null:
         return None
     kind = metric.WhichOneof("value")
@@ -207,7 +271,10 @@ def device_death(ts: int, seq: int) -> bytes:
 
 
 def parse(data: bytes) -> pb.Payload:
-    """Parses a received payload (NCMD, DCMD); raises ValueError on garbage."""
+    """Parses a received payload (NCMD, DCMD); raises ValueError on garbage or on more than
+    `edge_agent.inbound.MAX_PAYLOAD_BYTES` (protobuf itself refuses nesting beyond 100)."""
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"the payload is larger than {MAX_PAYLOAD_BYTES} bytes")
     payload = pb.Payload()
     try:
         payload.ParseFromString(data)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent import __version__, logs
-from edge_agent.downlink import WriteRequest, WriteResult
+from edge_agent import __version__, inbound, logs
+from edge_agent.downlink import RETAINED_COMMAND, WriteRequest, WriteResult
+from edge_agent.inbound import BadPayload, Rejected
 from edge_agent.model import GOOD, now_ms
 from edge_agent.outbox import Row
 from edge_agent.outputs.base import DeviceDirectory, DeviceView, FixedView, ReadingDict
@@ -30,6 +31,9 @@ from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
 from edge_agent.outputs.sparkplug.codec import MetricDef, Reading
 from edge_agent.store.statefile import StateFile
 from edge_agent.transport.base import Link, Message
+
+#: the request id DCMD writes are logged with (Sparkplug commands carry none)
+DCMD_ID = "sparkplug-dcmd"
 
 #: readings kept for rows not yet encoded (while live: they leave within milliseconds);
 #: beyond this the oldest are parsed back from their JSON, like rows from before a restart
@@ -347,29 +351,35 @@ class SparkplugSession:
                        self.data_qos)
 
     # -- commands and host state ---------------------------------------------------------
-    def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None:
-        """DCMD writes become a request; STATE and NCMD (Rebirth) are handled here."""
+    def command(self, topic: str, payload: bytes,
+                retained: bool) -> WriteRequest | Rejected | None:
+        """DCMD writes become a request; STATE and NCMD (Rebirth) are handled here.
+
+        Every payload is read within `edge_agent.inbound`'s limits; a bad one is returned as
+        `Rejected` (or, for a DCMD, as a request with its problem) for the downlink to count
+        and log. An empty payload only clears a retained message: nothing to do.
+        """
+        if not payload:
+            return None
         if topic == self._state_topic:  # retained by design: the flag is not looked at
-            self._on_state(payload)
-        elif topic == self._ncmd:
-            self._on_ncmd(payload)
-        elif topic.startswith(self._dcmd_prefix):
-            return self._on_dcmd(topic[len(self._dcmd_prefix):], payload)
+            return self._on_state(payload)
+        if topic == self._ncmd:
+            if retained:
+                return Rejected("retained", RETAINED_COMMAND, {"topic": topic})
+            return self._on_ncmd(payload)
+        if topic.startswith(self._dcmd_prefix):
+            return self._on_dcmd(topic[len(self._dcmd_prefix):], payload, retained)
         return None
 
-    def _on_state(self, data: bytes) -> None:
+    def _on_state(self, data: bytes) -> Rejected | None:
         """Sparkplug 3.0 STATE: JSON {"online": bool, "timestamp": ms}; stale ones ignored."""
         try:
-            state = json.loads(data)
-            online, ts = state["online"], int(state["timestamp"])
-            if not isinstance(online, bool):
-                raise TypeError("online is not a boolean")
-        except (ValueError, KeyError, TypeError) as exc:
-            self.log.warning("sparkplug_bad_state", error=str(exc))
-            return
+            online, ts = inbound.parse_state(data)
+        except BadPayload as exc:
+            return Rejected(exc.reason, exc.message, {"topic": self._state_topic})
         if ts < self._host_ts:
             self.log.info("sparkplug_stale_state_ignored", online=online, timestamp=ts)
-            return
+            return None
         self._host_ts = ts
         if online and not self.live and self.link.is_connected():
             self.log.info("sparkplug_primary_host_online", host=self.primary_host)
@@ -382,60 +392,83 @@ class SparkplugSession:
             self.live = False
             self.link.publish_now(self.will_now())
             self.link.disconnect()
+        return None
 
     def will_now(self) -> Message:
         """This connection's NDEATH, for an intentional disconnect."""
         return Message(codec.topic(self.group, "NDEATH", self.node),
                        codec.node_death(now_ms(), self.bd_seq), qos=1)
 
-    def _on_ncmd(self, data: bytes) -> None:
+    def _on_ncmd(self, data: bytes) -> Rejected | None:
         try:
             payload = codec.parse(data)
         except ValueError as exc:
-            self.commands_refused += 1
-            self.log.warning("sparkplug_bad_ncmd", error=str(exc))
-            return
+            return Rejected(_parse_reason(data), str(exc), {"topic": self._ncmd})
         rebirth_alias = self._aliases[codec.REBIRTH]
         for metric in payload.metrics:
             named = metric.name == codec.REBIRTH or (
                 not metric.name and metric.HasField("alias") and metric.alias == rebirth_alias)
-            if named and metric.WhichOneof("value") == "boolean_value" and metric.boolean_value:
+            if not named:
+                continue
+            if metric.WhichOneof("value") != "boolean_value" or (
+                    metric.HasField("datatype") and metric.datatype != pb.Boolean):
+                return Rejected("datatype", f"{codec.REBIRTH} takes a Boolean",
+                                {"topic": self._ncmd})
+            if metric.boolean_value:
                 self.log.info("sparkplug_rebirth_requested")
                 self.rebirth()
                 self.link.pump()
-                return
+                return None
         self.log.info("sparkplug_ncmd_ignored",
-                      metrics=[m.name or m.alias for m in payload.metrics])
+                      metrics=[inbound.shown(m.name or m.alias) for m in payload.metrics[:8]])
+        return None
 
-    def _on_dcmd(self, device_name: str, data: bytes) -> WriteRequest | None:
-        device = self._lookup(device_name)
+    def _on_dcmd(self, device_name: str, data: bytes, retained: bool) -> WriteRequest | None:
+        """A DCMD as one request, validated whole: any metric that is unknown, set twice, of
+        another datatype or without a value makes the request refused, and nothing of it is
+        written (so a DCMD asks at most one write per point of the device)."""
+        writes: list[tuple[str, Any]] = []
         try:
-            payload = codec.parse(data)
-        except ValueError as exc:
-            self.commands_refused += 1
-            self.log.warning("sparkplug_bad_dcmd", device=device_name, error=str(exc))
-            return None
-        if device is None:
-            self.commands_refused += 1
-            self.log.warning("sparkplug_dcmd_refused", device=device_name, error="unknown device")
-            return None
-        by_alias = {m.alias: m for m in device.metrics.values()}
-        writes = []
-        for metric in payload.metrics:
-            spec = device.metrics.get(metric.name) if metric.name else by_alias.get(metric.alias)
-            if spec is None:
-                self.commands_refused += 1
-                self.log.warning("sparkplug_dcmd_unknown_metric", device=device_name,
-                                 metric=metric.name or metric.alias)
-                continue
-            writes.append((spec.name, codec.metric_value(metric, spec.datatype)))
-        if not writes:
-            return None
-        return WriteRequest(device_name, tuple(writes), request_id="sparkplug-dcmd")
+            if retained:
+                raise BadPayload("retained", RETAINED_COMMAND)
+            try:
+                payload = codec.parse(data)
+            except ValueError as exc:
+                raise BadPayload(_parse_reason(data), str(exc)) from None
+            if not payload.metrics:
+                return None  # asks nothing (an empty payload parses as one): nothing to do
+            device = self._lookup(device_name)
+            if device is None:
+                raise BadPayload("unknown_device", f"no device '{device_name}' on this node")
+            by_alias = {m.alias: m for m in device.metrics.values()}
+            for metric in payload.metrics:
+                spec = (device.metrics.get(metric.name) if metric.name
+                        else by_alias.get(metric.alias))
+                label = inbound.shown(metric.name or metric.alias)
+                if spec is None:
+                    writes.append((metric.name or str(metric.alias), None))
+                    raise BadPayload("invalid", f"device '{device_name}' has no metric {label}")
+                if any(name == spec.name for name, _ in writes):
+                    writes.append((spec.name, None))
+                    raise BadPayload("invalid", f"metric {label} is set twice in one DCMD")
+                try:
+                    writes.append((spec.name, codec.command_value(metric, spec.datatype)))
+                except ValueError as exc:
+                    writes.append((spec.name, None))
+                    raise BadPayload("datatype", f"metric {label}: {exc}") from None
+        except BadPayload as exc:
+            return WriteRequest(device_name, tuple(writes), DCMD_ID, problem=exc.message,
+                                reason=exc.reason)
+        return WriteRequest(device_name, tuple(writes), DCMD_ID)
 
     def answer(self, request: WriteRequest, results: Sequence[WriteResult]) -> None:
-        """DCMD has no reply topic: each write's outcome is logged and counted."""
-        for (metric, _), result in zip(request.writes, results, strict=True):
+        """DCMD has no reply topic: each write's outcome is logged and counted (a request
+        refused unread is already logged, once, by the downlink)."""
+        if request.problem is not None:
+            self.commands_refused += 1
+            return
+        metrics: list[str | None] = [metric for metric, _ in request.writes] or [None]
+        for metric, result in zip(metrics, results, strict=False):
             if result.ok:
                 self.log.info("sparkplug_dcmd_written", device=request.device, metric=metric)
             else:
@@ -448,3 +481,7 @@ class SparkplugSession:
         """An intentional disconnect publishes its NDEATH first (the broker then drops the will)."""
         self.live = False
         return self.will_now()
+
+
+def _parse_reason(data: bytes) -> str:
+    return "too_large" if len(data) > inbound.MAX_PAYLOAD_BYTES else "malformed"
