@@ -299,7 +299,8 @@ class Agent:
         self.delivery = Delivery(outbox, self.metrics.publish_latency.observe)
         self._start_output()
         devices = [d for d in config.devices if d.enabled]
-        self.log.info("agent_starting", devices=len(devices), broker=config.mqtt.urls)
+        self.log.info("agent_starting", devices=len(devices), broker=config.mqtt.urls,
+                      event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         for index, device in enumerate(devices):
             supervisor.start(device, phase=poll_phase(index, len(devices)))
         await self._serve_http(http)
