@@ -159,8 +159,9 @@ def resolve_config_path(cli_value: str | None) -> Path:
 
 
 #: EDGE_AGENT_* variables that configure the process or the project's tooling, not config
-#: keys (EDGE_AGENT_TOOLS_VENV: where deploy/ci-tools.sh installs the deployment checkers)
-NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "tools_venv"})
+#: keys (EDGE_AGENT_TOOLS_VENV: where deploy/ci-tools.sh installs the deployment checkers;
+#: EDGE_AGENT_BIN: the agent binary the shared peer rig runs)
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "tools_venv", "bin"})
 
 
 def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
