@@ -15,6 +15,7 @@ string that is thrown away), by subclasses of pymodbus's response classes that
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from functools import lru_cache
 
 from pymodbus.exceptions import ModbusIOException
@@ -48,7 +49,7 @@ def _words(count: int) -> struct.Struct:
 class _Registers:
     """decode() for a register read answer: byte count, then exactly that many bytes."""
 
-    registers: tuple[int, ...] | list[int]
+    registers: Sequence[int]
     #: the registers as the answer carried them (big-endian bytes), for the block decoder
     data: bytes | None = None
 

@@ -45,7 +45,10 @@ def _block_struct(block: Block) -> tuple[struct.Struct, list[str],
     None when a point needs more than a struct code: another word order, a bit, a string,
     or a value overlapping the previous one.
     """
-    fmt, names, floats, cursor = [">"], [], [], block.address
+    fmt: list[str] = [">"]
+    names: list[str] = []
+    floats: list[tuple[int, bool]] = []
+    cursor = block.address
     for _, point in sorted(block.points, key=lambda e: e[1].address):
         plain_order = point.order == "ABCD" or (point.order == "CDAB" and point.registers == 1)
         if (point.type not in TYPES or not plain_order or point.bit is not None

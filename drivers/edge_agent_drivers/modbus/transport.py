@@ -89,6 +89,12 @@ class TcpLink(asyncio.Protocol):
             transport.close()
         self._fail_all(DeviceDisconnected(f"connection to {self.host}:{self.port} closed"))
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the link was opened on (set by connect, before any exchange)."""
+        if self._loop is None:
+            raise DeviceDisconnected(f"{self.host}:{self.port} is not connected")
+        return self._loop
+
     def request(self, request: ModbusPDU, timeout: float) -> asyncio.Future[ModbusPDU]:
         """Queues `request`; the future gets its answer (which may be an exception response).
 
@@ -97,7 +103,7 @@ class TcpLink(asyncio.Protocol):
         """
         if self._transport is None:
             raise DeviceDisconnected(f"{self.host}:{self.port} is not connected")
-        exchange = _Exchange(request, timeout, self._loop.create_future())
+        exchange = _Exchange(request, timeout, self._running_loop().create_future())
         if self._current is None and not self._queue:
             self._send(exchange)
         else:
@@ -110,7 +116,7 @@ class TcpLink(asyncio.Protocol):
         request.transaction_id = tid
         self._current = exchange
         self._transport.write(self._framer.buildFrame(request))  # type: ignore[union-attr]
-        exchange.timer = self._loop.call_later(exchange.timeout, self._expire, exchange)
+        exchange.timer = self._running_loop().call_later(exchange.timeout, self._expire, exchange)
 
     def _settle(self, exchange: _Exchange, answer: ModbusPDU | Exception) -> None:
         """Ends the exchange in flight with `answer` and sends the next one still wanted."""
@@ -127,7 +133,8 @@ class TcpLink(asyncio.Protocol):
         # resumes in the next loop iteration and hands the readings on, whose flush runs in
         # the one after; sending then keeps a unit's read from waiting behind the previous
         # unit's publishing (p50 2.1 -> 1.3 ms on the peer rig, docs/performance.md).
-        self._loop.call_soon(self._loop.call_soon, self._send_next)
+        loop = self._running_loop()
+        loop.call_soon(loop.call_soon, self._send_next)
 
     def _send_next(self) -> None:
         if self._current is not None:
