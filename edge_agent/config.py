@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge_agent import config_source, identity, profiles, registry
+from edge_agent.config_problems import format_problems
 from edge_agent.device_config import (  # noqa: F401  (the device models, also named here)
     NAME_PATTERN,
     DeviceConfig,
@@ -148,35 +148,6 @@ class AgentConfig(BaseSettings):
 
 
 
-def format_problems(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem, led by the field's path as a user would write it."""
-    lines = []
-    for item in error.errors():
-        path = prefix
-        for part in item["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            elif part in ("function-after", "function-before") or "[" in str(part):
-                continue  # pydantic's internal validator labels, not user-visible fields
-            else:
-                path += f".{part}" if path else str(part)
-        lines.append(f"{path or '<root>'}: {_describe(item)}")
-    return lines
-
-
-def _describe(item: ErrorDetails) -> str:
-    kind, ctx = item["type"], item.get("ctx") or {}
-    if kind == "literal_error":
-        expected = ctx.get("expected", "").replace("'", "").replace(" or ", ", ")
-        return f"{item['input']!r} is not one of {expected}"
-    if kind == "extra_forbidden":
-        return "unknown key (check its spelling and indentation)"
-    if kind == "missing":
-        return "is required"
-    message = item["msg"].removeprefix("Value error, ")
-    return message
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
     """Loads the file through the one safe reading step (size, UTF-8, YAML limits)."""
     return config_source.read_config(path).data
@@ -187,8 +158,10 @@ def resolve_config_path(cli_value: str | None) -> Path:
     return Path(cli_value or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
 
 
-#: EDGE_AGENT_* variables that configure the process, not config keys
-NOT_CONFIG_KEYS = frozenset({"config", "usb_backend"})
+#: EDGE_AGENT_* variables that configure the process or the project's tooling, not config
+#: keys (EDGE_AGENT_TOOLS_VENV: where deploy/ci-tools.sh installs the deployment checkers;
+#: EDGE_AGENT_BIN: the agent binary the shared peer rig runs)
+NOT_CONFIG_KEYS = frozenset({"config", "usb_backend", "tools_venv", "bin"})
 
 
 def overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

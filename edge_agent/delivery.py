@@ -18,7 +18,7 @@ from edge_agent import logs, tasks
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
 from edge_agent.outputs.base import Output
-from edge_agent.transport.base import Message
+from edge_agent.transport.base import Message, SessionWatch
 from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
 
 #: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
@@ -76,12 +76,14 @@ class Delivery:
 
     # -- the publisher's lifecycle -------------------------------------------------------
     def start(self, config: MqttConfig, client_id: str, output: Output,
-              on_message: MessageHandler) -> None:
-        """Connects `output` to the broker: a publisher that runs until `stop`."""
+              on_message: MessageHandler, watch: SessionWatch | None = None) -> None:
+        """Connects `output` to the broker: a publisher that runs until `stop`. `watch` is
+        told of every connection and may hold a reconnect back (node name conflicts)."""
         self._loop = asyncio.get_running_loop()
         self._output = output
         self.publisher = MqttPublisher(config, client_id, self.outbox, output,
-                                       on_message=on_message, on_acked=self._on_acked)
+                                       on_message=on_message, on_acked=self._on_acked,
+                                       watch=watch)
         self._task = tasks.spawn(self.publisher.run(), "mqtt", logs.get("edge_agent.mqtt"))
 
     async def drain(self, timeout: float) -> bool:

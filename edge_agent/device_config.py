@@ -101,6 +101,8 @@ class DeviceConfig(BaseModel):
     interval: float = Field(1.0, gt=0, le=86400)
     timeout: float = Field(1.0, gt=0, le=600)
     enabled: bool = True
+    #: glob patterns on the node name; None runs the device on every node (edge_agent.fleet)
+    nodes: list[str] | None = Field(None, min_length=1)
     #: streams: silent (no sample) this many seconds = stale: status error, reconnect.
     #: None: 10 x interval, at least 10 s; 0: never (a device that talks only on events)
     stale_after: float | None = Field(None, ge=0, le=86400)

@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_agent.config_problems import format_problems
+
 GROUP = "edge_agent.profiles"
 ENV_DIR = "EDGE_AGENT_PROFILES_DIR"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -166,7 +168,6 @@ def _parse(path: Traversable | Path, origin: str) -> Entry:
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        from edge_agent.config import format_problems
 
         entry.problems += [f"{path}: {line}" for line in format_problems(exc)]
         return entry
@@ -181,7 +182,6 @@ def _parse(path: Traversable | Path, origin: str) -> Entry:
 def check(profile: Profile) -> list[str]:
     """Validates a profile's device mapping with its driver's own config model."""
     from edge_agent import registry
-    from edge_agent.config import format_problems
     from edge_agent.errors import DriverLoadError
 
     try:

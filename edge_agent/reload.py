@@ -2,8 +2,9 @@
 
 Kubernetes updates a mounted ConfigMap by writing a new timestamped directory and swapping
 the `..data` symlink, so the file's path stays and its inode changes. `ConfigWatcher` polls
-the path's resolved target, inode, mtime and size (one stat every couple of seconds; no
-dependency, no inotify quirks with symlink swaps). `plan` compares two validated configs so
+each config file's resolved target, inode, mtime and size (a few stats every couple of
+seconds; no dependency, no inotify quirks with symlink swaps); a fleet directory is its
+`config.yaml` and the node's own file. `plan` compares two validated configs so
 the runtime touches only what changed.
 """
 
@@ -32,23 +33,44 @@ def file_signature(path: Path) -> tuple[Any, ...] | None:
     return os.path.realpath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-class ConfigWatcher:
-    """Calls `on_change()` when the config file's signature changes.
+def paths_signature(paths: list[Path]) -> tuple[Any, ...] | None:
+    """The signatures of a config's files; None while the first (the required one) is
+    missing, which is a swap in progress, not a change."""
+    first = file_signature(paths[0])
+    if first is None:
+        return None
+    return (first, *(file_signature(path) for path in paths[1:]))
 
-    A file that is briefly missing (mid-swap) is not a change; its reappearance is compared
-    with the last signature seen.
+
+class ConfigWatcher:
+    """Calls `on_change()` when the config's files change.
+
+    `paths()` names the files that make up the config (one file, or a fleet directory's
+    `config.yaml` and this node's files, see `edge_agent.fleet.watched_paths`): asked on
+    every check, since a reload may change the node. The first must exist: while it is
+    briefly missing (mid-swap) nothing is compared; the others may come and go (a node's
+    own file appearing or disappearing is a change).
     """
 
-    def __init__(self, path: Path, on_change: Callable[[], Awaitable[Any]],
-                 interval: float = WATCH_INTERVAL) -> None:
-        self.path, self.on_change, self.interval = path, on_change, interval
+    def __init__(self, paths: Path | Callable[[], list[Path]],
+                 on_change: Callable[[], Awaitable[Any]],
+                 interval: float = WATCH_INTERVAL,
+                 baseline: tuple[Any, ...] | None = None) -> None:
+        self.paths = paths if callable(paths) else (lambda: [paths])
+        self.on_change, self.interval = on_change, interval
+        #: the signature the running config was read at (taken before it was read); without
+        #: it the first check's, which misses a change made while the agent was starting
+        self.baseline = baseline
         self.log = logs.get("edge_agent.reload")
 
+    def signature(self) -> tuple[Any, ...] | None:
+        return paths_signature(self.paths())
+
     async def run(self) -> None:
-        last = file_signature(self.path)
+        last = self.baseline if self.baseline is not None else self.signature()
         while True:
             await asyncio.sleep(self.interval)
-            current = file_signature(self.path)
+            current = self.signature()
             if current is not None and current != last:
                 last = current
                 try:

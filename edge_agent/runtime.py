@@ -19,9 +19,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edge_agent import config as config_mod
-from edge_agent import config_source, logs, outputs, tasks
+from edge_agent import config_source, fleet, logs, outputs, tasks
 from edge_agent.config import AgentConfig, HttpConfig
+from edge_agent.conflict import NodeIdentity
 from edge_agent.delivery import Delivery
 from edge_agent.downlink import Downlink
 from edge_agent.errors import ConfigError, StartupError
@@ -53,11 +53,19 @@ class Agent:
     delivery: Delivery
 
     def __init__(self, config: AgentConfig, config_path: Path | None = None,
-                 watch_interval: float | None = None) -> None:
-        self.config = config
+                 watch_interval: float | None = None, config_hash: str | None = None,
+                 config_signature: tuple[Any, ...] | None = None) -> None:
+        self.node = node_name(config.node)
+        self.config = fleet.for_node(config, self.node)
         self.config_path = config_path
         self.watch_interval = watch_interval
-        self.node = node_name(config.node)
+        #: the config files' signature when they were read (fleet.load_node): the watcher's
+        #: baseline, so a change while the agent starts is still noticed
+        self.config_signature = config_signature
+        #: this process as a node of a fleet: instance id, config hash, name conflicts
+        self.identity = NodeIdentity(self.node, config.mqtt.reconnect_max,
+                                     config_hash or fleet.config_hash(self.config))
+        self.identity.on_change.append(self._node_changed)
         self.log = logs.get("edge_agent.agent")
         self.metrics = AgentMetrics(self._snapshot_from_thread)
         self.supervisor = Supervisor(
@@ -92,11 +100,17 @@ class Agent:
     def _start_output(self) -> None:
         """Chooses the output of `mqtt.format` and connects it (the only place that asks)."""
         delivery = self.delivery
-        output = outputs.create(self.config, self.node, self.supervisor, delivery)
+        output = outputs.create(self.config, self.node, self.supervisor, delivery,
+                                self.identity)
         self.output = output
         self.downlink = Downlink(output, self.supervisor.view, self.downlink_rejected)
         delivery.start(self.config.mqtt, client_id(self.config.node), output,
-                       self.downlink.on_message)
+                       self.downlink.on_message, watch=self.identity)
+
+    def _node_changed(self) -> None:
+        """The node status's content changed (devices, config, a conflict): say so."""
+        if self.output is not None:
+            self.output.node_changed()
 
     async def _stop_output(self) -> None:
         if self.downlink is not None:
@@ -112,7 +126,8 @@ class Agent:
                              durable=self.config.buffer.path is not None,
                              delivery=self.delivery, devices=self.supervisor.views(),
                              reload=self.reload_stats,
-                             downlink_rejected=self.downlink_rejected)
+                             downlink_rejected=self.downlink_rejected,
+                             identity=self.identity)
 
     def _snapshot_from_thread(self) -> dict[str, Any] | None:
         return snapshot.call_in_loop(self._loop, self.snapshot, SNAPSHOT_TIMEOUT)
@@ -192,26 +207,30 @@ class Agent:
             stats["attempts"] += 1
             stats["last_ts"] = time.time()
             try:  # in a thread: a big file or a refused bomb must not stall the loop
-                new = await asyncio.to_thread(config_mod.load, self.config_path,
-                                              strict_drivers=False)
+                # (a fleet directory: the shared file and this node's, see edge_agent.fleet)
+                loaded = await asyncio.to_thread(fleet.load_node, self.config_path)
             except ConfigError as exc:
                 self._reload_refused(reason, "config_reload_failed", exc.problems)
                 return False
             except Exception as exc:  # a third-party driver's validator: still not fatal
                 self._reload_refused(reason, "config_reload_failed", [repr(exc)[:500]])
                 return False
+            new = loaded.config
             refusal = config_source.reload_refusal(self.config, new)
             if refusal is not None:
                 self._reload_refused(reason, "config_reload_refused", [refusal])
                 return False
             changes = plan(self.config, new)
-            self.log.info("config_reloaded", reason=reason, **changes.summary())
+            self.log.info("config_reloaded", reason=reason, config=loaded.hash,
+                          **changes.summary())
             problem = await self._apply(new, changes)
             if problem is not None:
                 stats["failures"] += 1
                 stats["last_ok"] = 0
                 stats["last_error"] = problem
                 return False
+            self.identity.config_hash = loaded.hash
+            self._node_changed()
             stats["last_ok"] = 1
             stats["last_error"] = None
             return True
@@ -241,6 +260,7 @@ class Agent:
         if changes.mqtt:
             await self._stop_output()
             self.node = node_name(new.node)
+            self.identity.configure(self.node, new.mqtt.reconnect_max)
             self._start_output()
         devices = {d.name: d for d in new.devices}
         for name in changes.restart + changes.start:
@@ -279,15 +299,18 @@ class Agent:
         self.delivery = Delivery(outbox, self.metrics.publish_latency.observe)
         self._start_output()
         devices = [d for d in config.devices if d.enabled]
-        self.log.info("agent_starting", devices=len(devices), broker=config.mqtt.urls)
+        self.log.info("agent_starting", devices=len(devices), broker=config.mqtt.urls,
+                      event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         for index, device in enumerate(devices):
             supervisor.start(device, phase=poll_phase(index, len(devices)))
         await self._serve_http(http)
         udev = UdevMonitor(supervisor.on_port_added)
         udev.start()
-        if self.config_path is not None:
-            watcher = ConfigWatcher(self.config_path, lambda: self.reload("file changed"),
-                                    self.watch_interval or WATCH_INTERVAL)
+        if (config_path := self.config_path) is not None:
+            watcher = ConfigWatcher(lambda: fleet.watched_paths(config_path, self.node),
+                                    lambda: self.reload("file changed"),
+                                    self.watch_interval or WATCH_INTERVAL,
+                                    baseline=self.config_signature)
             self._spawn(watcher.run())
         await stop.wait()
         await self._shut_down(udev, outbox)

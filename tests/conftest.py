@@ -37,7 +37,8 @@ def simulators() -> Iterator[SimulatorThread]:
 def start_agent(tmp_path: Path) -> Iterator:
     started: list[AgentProcess] = []
 
-    def start(config: dict, env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
+    def start(config: dict | Path, env: dict[str, str] | None = None,
+              name: str = "agent") -> AgentProcess:
         agent = AgentProcess(config, tmp_path, env, name).start()
         started.append(agent)
         return agent

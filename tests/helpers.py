@@ -144,12 +144,15 @@ async def _as_coro(func: Callable[[], Any]) -> Any:
 
 
 class AgentProcess:
-    """`edge-agent run -c FILE` as a subprocess, its stdout captured to a file."""
+    """`edge-agent run -c FILE|DIR` as a subprocess, its stdout captured to a file."""
 
-    def __init__(self, config: dict[str, Any], tmp_path: Path, env: dict[str, str] | None = None,
-                 name: str = "agent") -> None:
-        self.config_path = tmp_path / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+    def __init__(self, config: dict[str, Any] | Path, tmp_path: Path,
+                 env: dict[str, str] | None = None, name: str = "agent") -> None:
+        if isinstance(config, Path):  # a config file or directory written by the test
+            self.config_path = config
+        else:
+            self.config_path = tmp_path / f"{name}.yaml"
+            self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp_path / f"{name}.log"
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None

@@ -150,7 +150,8 @@ def test_env_overrides_scalars_at_any_depth_including_list_items():
     env = {"EDGE_AGENT_MQTT__URL": "mqtts://broker:8883", "EDGE_AGENT_MQTT__QOS": "2",
            "EDGE_AGENT_DEVICES__0__INTERVAL": "0.5",
            "EDGE_AGENT_DEVICES__0__POINTS__0__SCALE": "0.1",
-           "EDGE_AGENT_CONFIG": "/not/a/key"}
+           "EDGE_AGENT_CONFIG": "/not/a/key", "EDGE_AGENT_TOOLS_VENV": "/opt/tools",
+           "EDGE_AGENT_BIN": "/opt/venv/bin/edge-agent"}
     resolved = config.validate(good(), environ=env)
     assert resolved.mqtt.url == "mqtts://broker:8883"
     assert resolved.mqtt.qos == 2

@@ -68,6 +68,9 @@ class _SnapshotCollector(Collector):
 
         yield _gauge("edge_agent_broker_connected", "1 while connected to the MQTT broker",
                      snap["broker"]["connected"])
+        yield _gauge("edge_agent_node_conflict", "1 while another agent uses this node name "
+                     "(they take each other's MQTT session over; see docs/deploy.md)",
+                     bool(snap.get("identity", {}).get("conflict")))
         yield _counter("edge_agent_messages_published", "Messages the broker acknowledged",
                        snap["published"])
         buffer = snap["buffer"]

@@ -33,4 +33,7 @@ def problems(snap: dict[str, Any] | None) -> list[str]:
     if buffer.get("stall_after") and buffer.get("stalled_for", 0) >= buffer["stall_after"]:
         found.append(f"publishing stalled: {buffer['depth']} messages waiting, none "
                      f"acknowledged for {buffer['stalled_for']:.0f} s")
+    conflict = snap.get("identity", {}).get("conflict")
+    if conflict:
+        found.append(conflict)
     return found

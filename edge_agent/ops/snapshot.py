@@ -86,10 +86,21 @@ class DeviceReport(Protocol):
     def report(self) -> dict[str, Any]: ...
 
 
+class IdentityState(Protocol):
+    """What the snapshot reads of the node's identity (`edge_agent.conflict.NodeIdentity`)."""
+
+    instance: str
+    config_hash: str
+    conflict: str | None
+    other: str | None
+    detected: int
+
+
 def take(*, node: str, broker_urls: list[str], durable: bool,
          delivery: DeliveryState | None, devices: Iterable[DeviceReport],
          reload: Mapping[str, Any],
-         downlink_rejected: Mapping[str, int] | None = None) -> dict[str, Any]:
+         downlink_rejected: Mapping[str, int] | None = None,
+         identity: IdentityState | None = None) -> dict[str, Any]:
     """The agent's state as plain data; call on the event loop."""
     outbox = delivery.outbox if delivery is not None else None
     stats = outbox.stats() if outbox is not None else _NO_BUFFER
@@ -98,6 +109,12 @@ def take(*, node: str, broker_urls: list[str], durable: bool,
     return {
         "node": node,
         "version": __version__,
+        "identity": {
+            "instance": identity.instance if identity is not None else None,
+            "config": identity.config_hash if identity is not None else None,
+            "conflict": identity.conflict if identity is not None else None,
+            "other": identity.other if identity is not None else None,
+        },
         "broker": {
             "connected": bool(delivery is not None and delivery.is_connected()),
             "urls": [_without_password(url) for url in broker_urls],

@@ -33,6 +33,12 @@ def render(snap: dict[str, Any]) -> bytes:
         outcome = "applied" if reload["last_ok"] else f"refused: {reload['last_error']}"
         reload_line = (f"<p>Last config reload: {escape(_age(reload['last_ts']))} ago, "
                        f"{escape(outcome)}</p>")
+    identity = snap.get("identity") or {}
+    identity_line = ""
+    if identity.get("config"):
+        identity_line = f"Config {escape(identity['config'])}.\n"
+    if identity.get("conflict"):
+        identity_line += f'<span class="error">{escape(identity["conflict"])}</span>\n'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{REFRESH_SECONDS}">
@@ -40,7 +46,7 @@ def render(snap: dict[str, Any]) -> bytes:
 <body>
 <h1>edge-agent on {escape(snap['node'])}</h1>
 <p>Version {escape(snap['version'])}.
-Broker <span class="{broker_state}">{broker_state}</span>{broker_error}:
+{identity_line}Broker <span class="{broker_state}">{broker_state}</span>{broker_error}:
 {escape(', '.join(broker['urls']))}.
 Buffer: {buffer['depth']} messages, {buffer['bytes']} bytes waiting, {buffer['dropped']} dropped
 {'(<span class="error">not writable</span>)' if buffer['degraded'] else ''}.

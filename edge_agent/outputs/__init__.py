@@ -9,29 +9,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_agent.outputs.base import DeviceDirectory, Output, OutputFactory
+from edge_agent.outputs.base import DeviceDirectory, NodeFacts, Output, OutputFactory
 from edge_agent.transport.base import Link
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
 
 
-def _json(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link) -> Output:
+def _json(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link,
+          facts: NodeFacts | None = None) -> Output:
     from edge_agent.outputs.json import JsonOutput
 
-    return JsonOutput(config, node, devices, link)
+    return JsonOutput(config, node, devices, link, facts)
 
 
-def _sparkplug(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link) -> Output:
+def _sparkplug(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link,
+               facts: NodeFacts | None = None) -> Output:
     # imported on use: protobuf is loaded only by agents that speak Sparkplug
     from edge_agent.outputs.sparkplug.output import create
 
-    return create(config, node, devices, link)
+    return create(config, node, devices, link, facts)
 
 
 FORMATS: dict[str, OutputFactory] = {"json": _json, "sparkplug": _sparkplug}
 
 
-def create(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link) -> Output:
-    """The output of `config.mqtt.format` for `node`, publishing through `link`."""
-    return FORMATS[config.mqtt.format](config, node, devices, link)
+def create(config: AgentConfig, node: str, devices: DeviceDirectory, link: Link,
+           facts: NodeFacts | None = None) -> Output:
+    """The output of `config.mqtt.format` for `node`, publishing through `link`; `facts`
+    is what the node status says of the agent besides its devices (fleet, conflicts)."""
+    return FORMATS[config.mqtt.format](config, node, devices, link, facts)

@@ -77,6 +77,19 @@ class DeviceDirectory(Protocol):
     def view(self, name: str) -> DeviceView | None: ...
 
 
+class NodeFacts(Protocol):
+    """What the agent knows of itself as a node of a fleet (`edge_agent.conflict`)."""
+
+    def status_fields(self) -> dict[str, Any]:
+        """Fields of the node status besides state, version and devices: the config hash,
+        the process's instance id, a node name conflict."""
+        ...
+
+    def status_seen(self, payload: bytes, retained: bool) -> None:
+        """A message on the node's own status topic (another agent may have written it)."""
+        ...
+
+
 class Output(Wire, Protocol):
     """One wire format. `Wire` (will, subscriptions, on_connected, ready, encode) is the part
     the transport calls; the rest is called by the agent's parts on the event loop."""
@@ -110,11 +123,16 @@ class Output(Wire, Protocol):
         """The last message before a clean disconnect (offline status, NDEATH), if any."""
         ...
 
+    def node_changed(self) -> None:
+        """What the node status says changed (devices, config hash, a conflict): publish it
+        if the format can without restarting anything."""
+        ...
+
 
 class OutputFactory(Protocol):
     def __call__(self, config: AgentConfig, node: str, devices: DeviceDirectory,
-                 link: Link) -> Output: ...
+                 link: Link, facts: NodeFacts | None = None) -> Output: ...
 
 
-__all__ = ["DeviceDirectory", "DeviceView", "FixedView", "Link", "Message", "Output",
+__all__ = ["DeviceDirectory", "DeviceView", "FixedView", "Link", "Message", "NodeFacts", "Output",
            "OutputFactory", "ReadingDict", "WriteRequest", "WriteResult"]

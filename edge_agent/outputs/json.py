@@ -19,11 +19,14 @@ from edge_agent.downlink import RETAINED_COMMAND, WriteRequest, WriteResult
 from edge_agent.inbound import BadPayload, parse_set, safe_id
 from edge_agent.model import now_ms
 from edge_agent.outbox import Row
-from edge_agent.outputs.base import DeviceDirectory, DeviceView, ReadingDict
+from edge_agent.outputs.base import DeviceDirectory, DeviceView, NodeFacts, ReadingDict
 from edge_agent.transport.base import Link, Message
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
+
+#: the last status of a device a reload took off this node (moved to another, or deleted)
+REMOVED = "stopped: no longer in this node's config (not this node's device)"
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -52,9 +55,17 @@ class JsonTopics:
         return orjson.dumps({"node": self.node, "device": device, "seq": seq,
                              "readings": readings})
 
-    def node_status_payload(self, state: str) -> bytes:
-        """The node's status (`online` / `offline`): the one place its payload is built."""
-        return _dumps({"state": state, "version": __version__, "ts": now_ms()}).encode()
+    def node_status_payload(self, state: str, devices: list[str] | None = None,
+                            **fields: Any) -> bytes:
+        """The node's status (`online` / `offline`): the one place its payload is built.
+        `devices` (the names it runs) and `fields` (config hash, instance, conflict: see
+        `edge_agent.conflict`) let a subscriber list the fleet."""
+        body: dict[str, Any] = {"state": state, "version": __version__}
+        if devices is not None:
+            body["devices"] = devices
+        body.update(fields)
+        body["ts"] = now_ms()
+        return _dumps(body).encode()
 
     @staticmethod
     def device_status_payload(state: str, error: str | None = None) -> bytes:
@@ -72,9 +83,9 @@ class JsonOutput:
     """The contract's JSON format (see `edge_agent.outputs.base.Output`)."""
 
     def __init__(self, config: AgentConfig, node: str, devices: DeviceDirectory,
-                 link: Link) -> None:
+                 link: Link, facts: NodeFacts | None = None) -> None:
         self.topics = JsonTopics(config.mqtt.topic_prefix, node)
-        self.devices, self.link = devices, link
+        self.devices, self.link, self.facts = devices, link, facts
         self.qos = config.mqtt.qos
         self._telemetry_topics: dict[str, str] = {}
         self._base = f"{self.topics.prefix}/{node}/"
@@ -84,7 +95,10 @@ class JsonOutput:
         return self._node_status("offline")
 
     def subscriptions(self) -> Sequence[str]:
-        return (self.topics.set_filter(),)
+        # its own status too: another agent writing there is a node name conflict
+        if self.facts is None:
+            return (self.topics.set_filter(),)
+        return (self.topics.set_filter(), self.topics.node_status)
 
     def on_connected(self) -> None:
         self.link.publish_now(self._node_status("online"))
@@ -106,8 +120,15 @@ class JsonOutput:
     def shutdown(self) -> Message:
         return self._node_status("offline")
 
+    def node_changed(self) -> None:
+        if self.link.is_connected():
+            self.link.publish_now(self._node_status("online"))
+
     def _node_status(self, state: str) -> Message:
-        return Message(self.topics.node_status, self.topics.node_status_payload(state),
+        devices = [device.name for device in self.devices.views()]
+        fields = self.facts.status_fields() if self.facts is not None else {}
+        return Message(self.topics.node_status,
+                       self.topics.node_status_payload(state, devices, **fields),
                        qos=1, retain=True)
 
     # -- devices -------------------------------------------------------------------------
@@ -116,8 +137,12 @@ class JsonOutput:
                                 self.topics.device_status_payload(device.status, device.error))
 
     def device_stopped(self, name: str, removed: bool) -> None:
-        if removed:  # its retained status would claim it still exists
-            self.link.publish_state(self.topics.device_status(name), b"")
+        if removed:  # said once to who listens; then the retained status is cleared, or it
+            # would claim the device still exists on this node (it may run on another now)
+            topic = self.topics.device_status(name)
+            self.link.publish_state(topic, self.topics.device_status_payload(
+                "disconnected", REMOVED))
+            self.link.publish_state(topic, b"")
 
     # -- downlink ------------------------------------------------------------------------
     def command(self, topic: str, payload: bytes, retained: bool) -> WriteRequest | None:
@@ -128,6 +153,10 @@ class JsonOutput:
         what clearing a retained command leaves: ignored, since nobody asked anything.
         A retained one was left on the broker, not sent now: refused, answered once.
         """
+        if topic == self.topics.node_status:  # another agent writing here: a conflict
+            if self.facts is not None:
+                self.facts.status_seen(payload, retained)
+            return None
         if not topic.startswith(self._base):
             return None
         parts = topic[len(self._base):].split("/")

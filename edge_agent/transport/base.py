@@ -70,6 +70,20 @@ class Link(Protocol):
         ...
 
 
+class SessionWatch(Protocol):
+    """Told when a connection starts and ends; may hold the next reconnect back (see
+    `edge_agent.conflict`: two agents with one client id must not take turns at full speed)."""
+
+    def session_started(self, url: str) -> None:
+        """The broker at `url` accepted a connection (its subscriptions are on their way)."""
+        ...
+
+    def session_ended(self, reason_code: int | None) -> float | None:
+        """A connection that was up ended; `reason_code` is the broker's MQTT 5 DISCONNECT
+        reason, if it sent one. Returns seconds to wait before reconnecting, or None."""
+        ...
+
+
 class PlainWire:
     """A `Wire` that publishes outbox rows as stored, with a fixed will and nothing to say on
     connect: for tools and benchmarks that drive a publisher without an agent."""

@@ -45,7 +45,7 @@ from edge_agent import logs
 from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
-from edge_agent.transport.base import Message, Wire
+from edge_agent.transport.base import Message, SessionWatch, Wire
 
 #: extra paho in-flight slots for retained status messages, so they never wait on telemetry
 STATE_HEADROOM = 16
@@ -73,6 +73,7 @@ class _Session:
         self.misc: asyncio.TimerHandle | None = None
         self.problem: str | None = None  # last error paho reported (e.g. a late TLS alert)
         self.rejected = 0
+        self.reason_code: int | None = None  # of the broker's DISCONNECT (MQTT 5), if any
 
 
 #: (topic, payload, retained) of a message the broker delivered to a subscription
@@ -89,7 +90,8 @@ class MqttPublisher:
 
     def __init__(self, config: MqttConfig, client_id: str, outbox: Outbox, wire: Wire, *,
                  on_message: MessageHandler | None = None,
-                 on_acked: AckHandler | None = None) -> None:
+                 on_acked: AckHandler | None = None,
+                 watch: SessionWatch | None = None) -> None:
         self.config = config
         self.client_id = client_id
         self.outbox = outbox
@@ -98,6 +100,7 @@ class MqttPublisher:
         self.connected = asyncio.Event()
         self.on_message = on_message
         self.on_acked = on_acked
+        self.watch = watch
         self.published = 0
         #: monotonic time of the last sign that the outbox moves: an acknowledgement, an
         #: empty outbox, a new connection (checked once a second; see stalled_for)
@@ -114,6 +117,7 @@ class MqttPublisher:
         self._stop_event = asyncio.Event()
         self._emptied = asyncio.Event()
         self._stopping = False
+        self._held_back: float | None = None  # the watch's delay after the last session
 
     # -- client set-up (per session, so rotated passwords and certificates are picked up) --
     def _make_client(self, tls: bool) -> paho.Client:
@@ -176,6 +180,9 @@ class MqttPublisher:
     def _on_disconnect(self, client, session, flags, reason_code, properties) -> None:
         if getattr(reason_code, "is_failure", False) and session.problem is None:
             session.problem = f"broker disconnected: {reason_code}"
+        if self.config.protocol == "5" and session.reason_code is None:
+            # the broker's DISCONNECT reason (3.1.1 has none); the first report is that packet
+            session.reason_code = getattr(reason_code, "value", None)
         self._call_soon(self._end, session)
 
     def _on_publish(self, client, session, mid, reason_code, properties) -> None:
@@ -395,6 +402,11 @@ class MqttPublisher:
                     return
                 if problem is None:  # was connected, then lost: start over at the first URL
                     backoff.reset()
+                    held = self._held_back
+                    if held:
+                        self.log.info("mqtt_reconnect_held_back", retry_in=round(held, 2),
+                                      error=self.last_error)
+                        await self._sleep(held)
                     break
             delay = backoff.next()
             self.log.info("mqtt_retrying", retry_in=round(delay, 2), error=self.last_error)
@@ -440,11 +452,16 @@ class MqttPublisher:
         self._flush(session)
         self._progressed = time.monotonic()
         self.connected.set()
+        if self.watch is not None:
+            self.watch.session_started(url)
         self.wire.on_connected()
         self.pump()
         await session.ended.wait()
         self.connected.clear()
         self._session, self.url = None, None
+        self._held_back = None
+        if self.watch is not None and not self._stopping:
+            self._held_back = self.watch.session_ended(session.reason_code)
         if not self._stopping:
             self.last_error = f"connection lost: {session.problem or 'closed by the broker'}"
             self.log.warning("mqtt_disconnected", url=url, error=self.last_error,

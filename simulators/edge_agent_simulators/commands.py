@@ -77,8 +77,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     broker_url = None
     if args.config or config_mod.resolve_config_path(None).exists():
-        configured = config_mod.load(config_mod.resolve_config_path(args.config),
-                                     strict_drivers=False)
+        from edge_agent import fleet  # a config file or a fleet's directory
+
+        configured = fleet.load_node(config_mod.resolve_config_path(args.config)).config
         broker_url = configured.mqtt.urls[0]
     run_until_signalled(lambda stop: demo(stop, broker_url, args.duration, args.broker))
     return 0

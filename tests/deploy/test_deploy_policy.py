@@ -28,7 +28,12 @@ def pod(ds: dict[str, Any]) -> dict[str, Any]:
 
 
 def agent_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shared part of the fleet config (config.yaml)."""
     return yaml.safe_load(one(objects, "ConfigMap")["data"]["config.yaml"])
+
+
+def configmap_files(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return one(objects, "ConfigMap")["data"]
 
 
 def mount_of(ds: dict[str, Any], volume: str) -> str:
@@ -175,8 +180,8 @@ def test_config_secrets_and_buffer_live_where_the_pod_mounts_them(rendered: Obje
         configmap = one(rendered[name], "ConfigMap")["metadata"]["name"]
         for ds in daemonsets(rendered[name]):
             assert volume(ds, "config")["configMap"]["name"] == configmap
-            config_file = f"{mount_of(ds, 'config')}/config.yaml"
-            assert agent_container(ds)["args"] == ["run", "-c", config_file]
+            # the whole ConfigMap directory: config.yaml and the nodes__<node>.yaml files
+            assert agent_container(ds)["args"] == ["run", "-c", mount_of(ds, "config")]
             secrets = mount_of(ds, "mqtt")
             assert volume(ds, "mqtt")["secret"]["secretName"] == "edge-agent-mqtt"
             files = [config["mqtt"]["password_file"], *config["mqtt"]["tls"].values()]
@@ -265,10 +270,14 @@ def edge_agent_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from edge_agent.cli import main; sys.exit(main())"]
 
 
-def check_config(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    config = tmp_path / "config.yaml"
-    config.write_text(text)
-    return subprocess.run([*edge_agent_command(), "check-config", str(config)],
+def check_config(files: dict[str, str], tmp_path: Path,
+                 *options: str) -> subprocess.CompletedProcess[str]:
+    """check-config on the ConfigMap's keys written out as the pod sees them (one directory)."""
+    root = tmp_path / "edge-agent"
+    root.mkdir(exist_ok=True)
+    for key, text in files.items():
+        (root / key).write_text(text)
+    return subprocess.run([*edge_agent_command(), "check-config", str(root), *options],
                           capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "NODE_NAME": "edge-node-1"})
 
@@ -276,23 +285,44 @@ def check_config(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_configmap_config_passes_check_config(
         overlay: str, rendered: Objects, tmp_path: Path) -> None:
-    done = check_config(one(rendered[overlay], "ConfigMap")["data"]["config.yaml"], tmp_path)
+    files = configmap_files(rendered[overlay])
+    done = check_config(files, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    for device in agent_config(rendered[overlay])["devices"]:
-        assert device["name"] in done.stdout
+    for text in files.values():
+        for device in yaml.safe_load(text)["devices"]:
+            assert device["name"] in done.stdout
+
+
+def test_configmap_is_a_fleet_each_node_runs_only_its_devices(
+        rendered: Objects, tmp_path: Path) -> None:
+    """The shipped fleet: the gateway on one node, the USB meter on line 3, a per-node file."""
+    files = configmap_files(rendered["device-plugin"])
+    assert set(files) == {"config.yaml", "nodes__edge-b.yaml"}
+    expected = {"edge-a": "boiler-1", "line-3-07": "meter-1", "edge-b": "gps-1",
+                "edge-z": "-"}
+    for node, devices in expected.items():
+        done = check_config(files, tmp_path, "--node", node)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"# node {node} runs " in done.stdout
+        assert done.stdout.splitlines()[0].endswith(f"device(s): {devices}"), done.stdout
 
 
 def test_check_config_rejects_a_broken_copy_of_the_configmap(
         rendered: Objects, tmp_path: Path) -> None:
     """check-config is not a rubber stamp: the shipped config with one bad value exits 2."""
+    files = dict(configmap_files(rendered["device-plugin"]))
     config = agent_config(rendered["device-plugin"])
     config["mqtt"]["qos"] = 7
-    done = check_config(yaml.safe_dump(config), tmp_path)
+    files["config.yaml"] = yaml.safe_dump(config)
+    done = check_config(files, tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "mqtt.qos" in done.stdout + done.stderr
+    assert "config.yaml: mqtt.qos" in done.stdout + done.stderr
 
 
 def test_base_config_is_the_one_every_overlay_ships(rendered: Objects) -> None:
-    source = yaml.safe_load((DEPLOY / "base/config.yaml").read_text())
+    source = DEPLOY / "base/config"
+    expected = {"config.yaml": (source / "config.yaml").read_text()}
+    for path in sorted((source / "nodes").glob("*.yaml")):
+        expected[f"nodes__{path.name}"] = path.read_text()
     for name in OVERLAYS:
-        assert agent_config(rendered[name]) == source
+        assert configmap_files(rendered[name]) == expected

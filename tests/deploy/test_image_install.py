@@ -245,9 +245,11 @@ def test_build_stage_installs_a_working_console_script(venv: Path, image_root: P
 def test_installed_agent_accepts_the_shipped_configmap(venv: Path, image_root: Path) -> None:
     objects = render(DEPLOY / "overlays" / "device-plugin")
     configmap = next(o for o in objects if o["kind"] == "ConfigMap")
-    config = image_root / "configmap.yaml"
-    config.write_text(configmap["data"]["config.yaml"])
-    config.chmod(0o644)
+    config = image_root / "configmap"  # the keys as files, as the pod's volume has them
+    config.mkdir(mode=0o755)
+    for key, text in configmap["data"].items():
+        (config / key).write_text(text)
+        (config / key).chmod(0o644)
     done = subprocess.run(as_user([*entrypoint(venv), "check-config", str(config)]),
                           capture_output=True, text=True, timeout=60, env=runtime_env(image_root))
     assert done.returncode == 0, done.stdout + done.stderr

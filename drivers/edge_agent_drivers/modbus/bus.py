@@ -1,14 +1,17 @@
 """One owner per port: the connection, the request serialisation and the line's timing.
 
 Several units on one RS-485 line (or behind one TCP gateway) are several devices in the
-config but one `Bus`: it holds the pymodbus client, lets one request at a time onto the line,
-keeps the inter-frame silence that RTU needs, and applies each unit's own timeout. pymodbus
-retries nothing here (`retries=0`): the driver decides per unit whether a silence is worth a
-second attempt, so a dead unit costs its neighbours at most one timeout per request.
+config but one `Bus`: it holds the connection, lets one request at a time onto it, keeps the
+inter-frame silence that RTU needs, and applies each unit's own timeout. Nothing is retried
+here: the driver decides per unit whether a silence is worth a second attempt, so a dead
+unit costs its neighbours at most one timeout per request.
 
+A TCP port is a `TcpLink` (transport.py: pymodbus's framer and PDUs without its client); a
+serial line (and RTU or ASCII framing tunnelled over TCP) is pymodbus's client, `retries=0`.
 pymodbus's async clients keep no silence between frames (pymodbus issue #2827: the
 maintainers leave it to the application), so the bus waits out t3.5 after every answer or
-timeout before the next request.
+timeout before the next request. Every answer, on either, must be the answer to its request
+(`answers.mismatch`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
 
 from edge_agent.sdk import (
     DeviceDisconnected,
@@ -28,7 +32,15 @@ from edge_agent.sdk import (
     ProtocolError,
     resolve_port,
 )
+from edge_agent_drivers.modbus.answers import (
+    HoldingRegisters,
+    InputRegisters,
+    WrongAnswer,
+    describe,
+    mismatch,
+)
 from edge_agent_drivers.modbus.config import ModbusDevice
+from edge_agent_drivers.modbus.transport import TcpLink
 
 _FRAMERS = {"rtu": FramerType.RTU, "ascii": FramerType.ASCII, "socket": FramerType.SOCKET}
 #: requests without an answer after which pymodbus would drop a TCP connection on its own;
@@ -78,25 +90,28 @@ class Bus:
 
     def _build(self) -> None:
         config, framer = self._config, _FRAMERS[self._config.framing]
+        self.link: TcpLink | None = None
+        self.client: Any = None
         if config.is_tcp:
             host, _, port = config.port.removeprefix("tcp://").rpartition(":")
-            self.client: Any = AsyncModbusTcpClient(
-                host or "127.0.0.1", port=int(port or 502), framer=framer,
-                timeout=config.timeout, retries=0, reconnect_delay=0,
-                trace_packet=self._trace)
+            host, number = host or "127.0.0.1", int(port or 502)
+            if config.framing == "socket":
+                self.link = TcpLink(host, number)
+                return
+            self.client = AsyncModbusTcpClient(  # RTU or ASCII framing tunnelled over TCP
+                host, port=number, framer=framer, timeout=config.timeout, retries=0,
+                reconnect_delay=0, trace_packet=self._trace)
         else:
             self.client = AsyncModbusSerialClient(
                 self._path, framer=framer, baudrate=config.baudrate, parity=config.parity,
                 stopbits=config.stopbits, bytesize=config.bytesize, timeout=config.timeout,
                 retries=0, reconnect_delay=0, trace_packet=self._trace)
         self.client.set_max_no_responses(_NEVER_GIVE_UP)
+        self.client.register(HoldingRegisters)  # register reads decoded in one struct call
+        self.client.register(InputRegisters)
         # pymodbus reads the answer timeout from here at every attempt; setting it per
         # request (under the lock) is what gives each unit on the line its own timeout
         self._params = self.client.ctx.comm_params
-        self.readers = {"holding": self.client.read_holding_registers,
-                        "input": self.client.read_input_registers,
-                        "coil": self.client.read_coils,
-                        "discrete": self.client.read_discrete_inputs}
 
     @classmethod
     def attach(cls, config: ModbusDevice) -> Bus:
@@ -119,15 +134,26 @@ class Bus:
             key = self._registered
             if key is not None and self._open.get(key) is self:
                 del self._open[key]
+            self.close()
+
+    def close(self) -> None:
+        """Closes the connection (the next `ensure_connected` opens it again)."""
+        if self.link is not None:
+            self.link.close()
+        else:
             self.client.close()
 
     @property
     def connected(self) -> bool:
-        return bool(self.client.connected)
+        return self.link.connected if self.link is not None else bool(self.client.connected)
 
     async def ensure_connected(self) -> None:
         async with self.lock:
-            if self.client.connected:
+            if self.connected:
+                return
+            if self.link is not None:
+                if not await self.link.connect(self._config.timeout):
+                    raise DeviceDisconnected(f"cannot open {self.key}")
                 return
             if not self._config.is_tcp:
                 # usb:VID:PID[:SERIAL] -> the tty it has now, at every (re)connect; pymodbus
@@ -145,45 +171,49 @@ class Bus:
             self._heard = True
         return data
 
-    async def call(self, method: Any, address: int, timeout: float, **kwargs: Any) -> Any:
+    async def call(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
         """One request, one attempt, with the line to itself; the answer or a DeviceError.
 
         No answer at all is a DeviceTimeout; bytes that never made a valid answer (a CRC or
-        LRC error, a truncated frame) are a ProtocolError; an exception response is an
-        ExceptionResponse carrying its code.
+        LRC error, a truncated frame, an answer to another function or of another length)
+        are a ProtocolError; an exception response is an ExceptionResponse carrying its code.
         """
-        async with self.lock:
-            if self.silence:
-                wait = self._quiet_since + self.silence - monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            if self._params.timeout_connect != timeout:
-                self._params.timeout_connect = timeout
-            self._heard = False
-            try:
-                response = await method(address, **kwargs)
-            except ConnectionException as exc:
-                raise DeviceDisconnected(str(exc)) from None
-            except ModbusIOException:
-                what = _what(method, address, kwargs)
-                if self._heard:
-                    raise ProtocolError(f"garbled answer (CRC/framing) to {what}") from None
-                raise DeviceTimeout(f"no answer to {what} within {timeout:g} s") from None
-            except ModbusException as exc:
-                raise DeviceError(f"{_what(method, address, kwargs)}: {exc}") from None
-            finally:
-                if self.silence:
-                    self._quiet_since = monotonic()
-        if response.isError():
-            raise ExceptionResponse(getattr(response, "exception_code", 0),
-                                    _what(method, address, kwargs))
+        if self.link is not None:  # the link queues requests itself, first come first served
+            response = await self.link.request(request, timeout)
+        else:
+            async with self.lock:
+                response = await self._client_call(request, timeout)
+        if response.function_code & 0x80:
+            raise ExceptionResponse(response.exception_code, describe(request))
         return response
 
-
-def _what(method: Any, address: int, kwargs: dict[str, Any]) -> str:
-    """The request, for error messages (built only when there is an error)."""
-    name = getattr(method, "__name__", "request").replace("_", " ")
-    return f"{name} at {address} (unit {kwargs.get('device_id')})"
+    async def _client_call(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
+        if self.silence:
+            wait = self._quiet_since + self.silence - monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        if self._params.timeout_connect != timeout:
+            self._params.timeout_connect = timeout
+        self._heard = False
+        try:
+            response = await self.client.execute(False, request)
+        except ConnectionException as exc:
+            raise DeviceDisconnected(str(exc)) from None
+        except ModbusIOException:
+            if self._heard:
+                raise ProtocolError(
+                    f"garbled answer (CRC/framing) to {describe(request)}") from None
+            raise DeviceTimeout(
+                f"no answer to {describe(request)} within {timeout:g} s") from None
+        except ModbusException as exc:
+            raise DeviceError(f"{describe(request)}: {exc}") from None
+        finally:
+            if self.silence:
+                self._quiet_since = monotonic()
+        wrong = mismatch(request, response)
+        if wrong is not None:
+            raise WrongAnswer(f"{wrong} in answer to {describe(request)}")
+        return response
 
 
 def _describe(settings: tuple[object, ...]) -> str:

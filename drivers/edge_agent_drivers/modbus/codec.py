@@ -1,7 +1,11 @@
 """Decoding a read block's registers into point values. Pure: registers in, values out.
 
-Each point is compiled once into a small decoder, so a poll costs one struct call per point
-on one bytes object, with no per-register objects.
+A block is compiled once. When its points are plain big-endian numbers that do not overlap
+(the common meter and PLC map, and the benchmark's), the whole block is one struct format
+with pad bytes over the holes: a poll is one `unpack_from` on the answer's bytes, and the
+readings are made without a Python call per point (about 7 us for 47 points, against 40-50
+us point by point). Other blocks (word orders, bits of a register, strings) compile each
+point into a small decoder: one struct call per point on one bytes object.
 
 A response is device input: `decode` never raises. A point whose registers (or bits) the
 response does not hold, or holds as something other than 16-bit words, is bad; whether a
@@ -10,8 +14,10 @@ response of the wrong length is a protocol error is the bus's to judge and count
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any
 
 from edge_agent.sdk import BAD, GOOD, TYPES, Reading, decode_value, unpacker
@@ -19,6 +25,8 @@ from edge_agent_drivers.modbus.config import ModbusPoint
 from edge_agent_drivers.modbus.plan import Block
 
 Decoder = Callable[[bytes], Any]
+#: makes a Reading from a ready (metric, value, quality) tuple without a Python-level call
+_new = tuple.__new__
 
 
 def _compile(point: ModbusPoint, offset: int) -> Decoder:
@@ -30,10 +38,31 @@ def _compile(point: ModbusPoint, offset: int) -> Decoder:
     return lambda data: decode_value(data[offset:offset + size], type_name, order, bit)
 
 
-def _is_word(point: ModbusPoint) -> bool:
-    """A value that is one whole register: read from the register list as it is."""
-    return point.type in ("uint16", "int16") and point.bit is None and point.order in (
-        "ABCD", "CDAB")  # word order means nothing for one word
+def _block_struct(block: Block) -> tuple[struct.Struct, list[str],
+                                         list[tuple[int, bool]]] | None:
+    """One struct for the whole block, its point names, and its floats (index, is float32).
+
+    None when a point needs more than a struct code: another word order, a bit, a string,
+    or a value overlapping the previous one.
+    """
+    fmt: list[str] = [">"]
+    names: list[str] = []
+    floats: list[tuple[int, bool]] = []
+    cursor = block.address
+    for _, point in sorted(block.points, key=lambda e: e[1].address):
+        plain_order = point.order == "ABCD" or (point.order == "CDAB" and point.registers == 1)
+        if (point.type not in TYPES or not plain_order or point.bit is not None
+                or point.address < cursor):
+            return None
+        if point.address > cursor:
+            fmt.append(f"{2 * (point.address - cursor)}x")
+        code = TYPES[point.type][0]
+        if code in "fd":
+            floats.append((len(names), code == "f"))
+        fmt.append(code)
+        names.append(point.name)
+        cursor = point.address + point.registers
+    return struct.Struct("".join(fmt)), names, floats
 
 
 class BlockDecoder:
@@ -46,29 +75,31 @@ class BlockDecoder:
         else:
             self._words = [(p.name, _compile(p, (p.address - block.address) * 2),
                             p.address - block.address + p.registers) for _, p in block.points]
-            # The common meter/PLC map is all 16-bit registers: those need no byte packing,
-            # one list index (and a sign fold for int16) per point.
-            self._plain = None
-            if all(_is_word(p) for _, p in block.points):
-                self._plain = [(p.name, p.address - block.address, p.type == "int16")
-                               for _, p in block.points]
+            self._whole = _block_struct(block)
+            if self._whole is not None:
+                whole, self._names, self._floats = self._whole
+                self._unpack = whole.unpack_from
         self._pack = struct.Struct(f">{block.count}H").pack
 
-    def decode(self, values: Sequence[Any]) -> list[Reading]:
+    def decode(self, values: Sequence[Any], data: bytes | None = None) -> list[Reading]:
+        """Readings from the block's registers (or bits); `data` is the same registers as
+        big-endian bytes where the answer has them, which saves packing them again."""
         count = self.block.count
         if self.block.is_bits:
             held = len(values)
             return [Reading(name, bool(values[i]), GOOD) if i < held else Reading(name, None, BAD)
                     for name, i in self._bits]
         try:
-            if self._plain is not None and len(values) >= count:
-                return [Reading(name, v - 65536 if signed and v >= 32768 else v, GOOD)
-                        for name, i, signed in self._plain for v in (values[i] & 0xFFFF,)]
-            held = min(len(values), count)
-            data = (self._pack if held == count else struct.Struct(f">{held}H").pack)(
-                *values[:held])
+            if data is None:
+                held = min(len(values), count)
+                data = (self._pack if held == count else struct.Struct(f">{held}H").pack)(
+                    *values[:held])
+            else:
+                held = min(len(data) // 2, count)
         except (struct.error, TypeError):  # not 16-bit words: nothing in it can be trusted
             return self.failed()
+        if self._whole is not None and held == count:
+            return self._decode_whole(data)
         out = []
         for name, decoder, end in self._words:
             try:
@@ -77,6 +108,21 @@ class BlockDecoder:
                 value = None
             out.append(Reading(name, value, GOOD if value is not None else BAD))
         return out
+
+    def _decode_whole(self, data: bytes) -> list[Reading]:
+        raw = self._unpack(data)
+        count = len(raw)
+        if not self._floats:
+            return list(map(_new, repeat(Reading, count), zip(self._names, raw, repeat(GOOD))))
+        values, qualities = list(raw), [GOOD] * count
+        for i, float32 in self._floats:  # decode_value's rules: not finite is bad, and a
+            value = values[i]            # float32 keeps its 7 significant digits
+            if not math.isfinite(value):
+                values[i], qualities[i] = None, BAD
+            elif float32:
+                values[i] = float(f"{value:.7g}")
+        return list(map(_new, repeat(Reading, count),
+                        zip(self._names, values, qualities, strict=True)))
 
     def failed(self) -> list[Reading]:
         """Readings for the block's points when the read itself failed."""

@@ -6,6 +6,9 @@ What a poll promises:
   is counted in `errors` (exported per device by the runtime);
 - a unit that answers nothing at all in a poll makes the poll fail (DeviceTimeout or
   ProtocolError), so the runtime marks the device and reconnects with backoff;
+- an answer that is not the answer to its request (another function code, more or fewer
+  registers than asked: `answers.mismatch`) is a protocol error: the block is bad, counted
+  as `protocol`, not retried, and the poll goes on;
 - exception 02/03 on a multi-point block splits the block and remembers the narrower
   layout; 06 (busy) is retried with backoff; other codes mark the block bad;
 - a unit that did not answer its last request gets a single attempt, no retries, and the
@@ -21,6 +24,19 @@ import contextlib
 import struct
 from typing import Any
 
+from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
+    WriteSingleRegisterRequest,
+)
+
 from edge_agent.sdk import (
     DeviceDisconnected,
     DeviceError,
@@ -35,10 +51,11 @@ from edge_agent.sdk import (
     now_ms,
 )
 from edge_agent_drivers.modbus.adjust import Adjuster
+from edge_agent_drivers.modbus.answers import WrongAnswer
 from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
-from edge_agent_drivers.modbus.plan import plan, split
+from edge_agent_drivers.modbus.plan import Block, plan, split
 
 #: first wait before asking a busy (06) unit again; doubles per retry, capped at the timeout
 BUSY_BACKOFF = 0.05
@@ -46,6 +63,15 @@ _SPLIT_CODES = (ExceptionResponse.ILLEGAL_ADDRESS, ExceptionResponse.ILLEGAL_VAL
 
 # Kept under its old name for code that caught it.
 ModbusException_ = ExceptionResponse
+
+_READS = {"holding": ReadHoldingRegistersRequest, "input": ReadInputRegistersRequest,
+          "coil": ReadCoilsRequest, "discrete": ReadDiscreteInputsRequest}
+
+
+def read_request(block: Block, unit: int, count: int | None = None) -> ModbusPDU:
+    """The read request for a block (pymodbus's PDU class for its table)."""
+    return _READS[block.table](address=block.address, count=count or block.count,
+                               dev_id=unit)
 
 
 class ModbusDriver(Driver):
@@ -63,6 +89,7 @@ class ModbusDriver(Driver):
         self._bus: Bus | None = None
         self._answering = False  # the unit answered its last request: silences get retried
         self._silent: DeviceError | None = None  # why the unit stopped answering this poll
+        self._reads: dict[BlockDecoder, ModbusPDU] = {}  # each block's request, made once
         self.log = get_logger("edge_agent.modbus", device=config.name)
 
     @classmethod
@@ -90,10 +117,9 @@ class ModbusDriver(Driver):
             self._bus = Bus.attach(self.config)
         bus = self._bus
         await bus.ensure_connected()
-        block = self.blocks[0].block
         # a refusal is an answer too: the unit is there (the poll says which points are bad)
         with contextlib.suppress(ExceptionResponse):
-            await self._request(bus, bus.readers[block.table], block.address, count=1)
+            await self._request(bus, read_request(self.blocks[0].block, self.config.unit, 1))
 
     async def close(self) -> None:
         if self._bus is not None:
@@ -128,9 +154,11 @@ class ModbusDriver(Driver):
             readings += decoder.failed()
             return [decoder]
         block = decoder.block
+        request = self._reads.get(decoder)
+        if request is None:  # made once per block: the same PDU is sent at every poll
+            request = self._reads[decoder] = read_request(block, self.config.unit)
         try:
-            response = await self._request(bus, bus.readers[block.table], block.address,
-                                           count=block.count)
+            response = await self._request(bus, request)
         except ExceptionResponse as exc:
             self.errors[exc.kind] += 1
             parts = split(block) if exc.code in _SPLIT_CODES else [block]
@@ -144,21 +172,25 @@ class ModbusDriver(Driver):
             for part in parts:
                 layout += await self._read(bus, BlockDecoder(part), readings)
             return layout
+        except WrongAnswer as exc:  # the unit answered, but not this request: block bad
+            self.errors[exc.kind] += 1
+            self.log.warning("wrong_answer", error=str(exc))
+            readings += decoder.failed()
+            return [decoder]
         except DeviceDisconnected:
             raise
         except DeviceError as exc:  # no (valid) answer: the unit is silent for this poll
             self._silent = exc
             readings += decoder.failed()
             return [decoder]
-        values = response.bits if block.is_bits else response.registers
-        if len(values) < block.count:  # fewer than asked: a broken answer, not a value
-            self.errors[ProtocolError.kind] += 1
-            readings += decoder.failed()
+        # the bus checked that the answer holds exactly what was asked (answers.mismatch)
+        if block.is_bits:
+            readings += decoder.decode(response.bits)
         else:
-            readings += decoder.decode(values)
+            readings += decoder.decode(response.registers, getattr(response, "data", None))
         return [decoder]
 
-    async def _request(self, bus: Bus, method: Any, address: int, **kwargs: Any) -> Any:
+    async def _request(self, bus: Bus, request: ModbusPDU) -> ModbusPDU:
         """One request with this unit's timeout and retries.
 
         A silence is retried only while the unit is known to answer, so a unit that has
@@ -166,12 +198,12 @@ class ModbusDriver(Driver):
         Every failed attempt that is retried is counted here; the last one is the caller's.
         """
         config = self.config
-        timeout, unit = config.timeout, config.unit
+        timeout = config.timeout
         left = config.retries
         busy_wait = BUSY_BACKOFF
         while True:
             try:
-                response = await bus.call(method, address, timeout, device_id=unit, **kwargs)
+                response = await bus.call(request, timeout)
             except ExceptionResponse as exc:
                 self._answering = True
                 if exc.code != ExceptionResponse.BUSY or left <= 0:
@@ -181,6 +213,9 @@ class ModbusDriver(Driver):
                 await asyncio.sleep(min(busy_wait, timeout))  # off the bus: others go on
                 busy_wait *= 2
                 continue
+            except WrongAnswer:  # it answers, out of step: asking again would not help
+                self._answering = True
+                raise
             except DeviceDisconnected:
                 raise
             except DeviceError as exc:
@@ -209,23 +244,28 @@ class ModbusDriver(Driver):
         bus = self._bus
         if bus is None or not bus.connected:
             raise DeviceDisconnected("not connected")
-        client = bus.client
+        unit, address = self.config.unit, point.address
         if point.table == "coil":
-            await self._request(bus, client.write_coil, point.address, value=bool(value))
+            await self._request(bus, WriteSingleCoilRequest(address=address, bits=[bool(value)],
+                                                            dev_id=unit))
             return
         if point.type == "bool" and point.bit is not None:
-            response = await self._request(bus, client.read_holding_registers, point.address,
-                                           count=1)
+            response = await self._request(bus, ReadHoldingRegistersRequest(
+                address=address, count=1, dev_id=unit))
             mask = 1 << point.bit
             word = response.registers[0]
             word = word | mask if value else word & ~mask
-            await self._request(bus, client.write_register, point.address, value=word)
+            await self._request(bus, WriteSingleRegisterRequest(address=address, registers=[word],
+                                                                dev_id=unit))
             return
         words = _words(value, point)
         if len(words) == 1:
-            await self._request(bus, client.write_register, point.address, value=words[0])
+            request: ModbusPDU = WriteSingleRegisterRequest(address=address, registers=words,
+                                                            dev_id=unit)
         else:
-            await self._request(bus, client.write_registers, point.address, values=words)
+            request = WriteMultipleRegistersRequest(address=address, registers=words,
+                                                    dev_id=unit)
+        await self._request(bus, request)
 
 
 def _words(value: Any, point: ModbusPoint) -> list[int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edge_agent.outputs.base import DeviceDirectory
+from edge_agent.outputs.base import DeviceDirectory, NodeFacts
 from edge_agent.outputs.json import JsonTopics
 from edge_agent.outputs.sparkplug.session import SparkplugSession, state_path_for
 from edge_agent.transport.base import Link
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def create(config: AgentConfig, node: str, devices: DeviceDirectory,
-           link: Link) -> SparkplugSession:
+           link: Link, facts: NodeFacts | None = None) -> SparkplugSession:
     mqtt = config.mqtt
     return SparkplugSession(
         link=link,
@@ -28,4 +28,6 @@ def create(config: AgentConfig, node: str, devices: DeviceDirectory,
         primary_host=mqtt.sparkplug.primary_host,
         state_path=state_path_for(config.buffer.path),
         data_qos=mqtt.qos,
+        facts=facts,
+        claim_topic=f"{mqtt.topic_prefix}/{node}/instance",
     )

@@ -24,7 +24,13 @@ from edge_agent.downlink import RETAINED_COMMAND, WriteRequest, WriteResult
 from edge_agent.inbound import BadPayload, Rejected
 from edge_agent.model import GOOD, now_ms
 from edge_agent.outbox import Row
-from edge_agent.outputs.base import DeviceDirectory, DeviceView, FixedView, ReadingDict
+from edge_agent.outputs.base import (
+    DeviceDirectory,
+    DeviceView,
+    FixedView,
+    NodeFacts,
+    ReadingDict,
+)
 from edge_agent.outputs.json import JsonTopics
 from edge_agent.outputs.sparkplug import codec
 from edge_agent.outputs.sparkplug import sparkplug_b_pb2 as pb
@@ -104,7 +110,8 @@ class SparkplugSession:
     def __init__(self, *, link: Link, group: str, node: str, devices: DeviceDirectory,
                  telemetry_topics: JsonTopics | None = None,
                  primary_host: str | None = None, state_path: Path | None = None,
-                 data_qos: int = 1) -> None:
+                 data_qos: int = 1, facts: NodeFacts | None = None,
+                 claim_topic: str | None = None) -> None:
         self.link = link
         self.group, self.node = group, node
         self.primary_host = primary_host
@@ -133,6 +140,11 @@ class SparkplugSession:
         self._ncmd = codec.topic(group, "NCMD", node)
         self._dcmd_prefix = codec.topic(group, "DCMD", node) + "/"
         self._state_topic = codec.state_topic(primary_host) if primary_host else None
+        # Sparkplug has no retained node message to compare instance ids on (NBIRTH is not
+        # retained, NDEATH is the will), so a retained claim outside spBv1.0 carries the
+        # instance id for edge_agent.conflict: `<topic_prefix>/<node>/instance`
+        self.facts = facts
+        self._claim_topic = claim_topic if facts is not None else None
 
     @property
     def degraded(self) -> str | None:
@@ -144,6 +156,8 @@ class SparkplugSession:
         topics = [self._ncmd, self._dcmd_prefix + "+"]
         if self._state_topic:
             topics.append(self._state_topic)
+        if self._claim_topic:
+            topics.append(self._claim_topic)
         return topics
 
     def ready(self) -> bool:
@@ -207,6 +221,8 @@ class SparkplugSession:
 
     # -- births and deaths ---------------------------------------------------------------
     def on_connected(self) -> None:
+        if self._claim_topic:
+            self.link.publish_now(Message(self._claim_topic, self._claim(), qos=1, retain=True))
         self.bd_store.advance(self.bd_seq)  # this bdSeq is spent, whatever happens next
         self.live = False
         for device in self._devices.values():
@@ -282,6 +298,18 @@ class SparkplugSession:
     def rebirth(self) -> None:
         if self.live:
             self.birth()
+
+    def node_changed(self) -> None:
+        """Devices added or removed already have their DBIRTH / DDEATH; announcing anything
+        else would take an NBIRTH, which restarts seq for every device: not done. The claim
+        (instance, config hash, conflict) is outside Sparkplug and is refreshed."""
+        if self._claim_topic and self.link.is_connected():
+            self.link.publish_now(Message(self._claim_topic, self._claim(), qos=1, retain=True))
+
+    def _claim(self) -> bytes:
+        fields = self.facts.status_fields() if self.facts is not None else {}
+        return json.dumps({"node": self.node, **fields, "ts": now_ms()},
+                          separators=(",", ":")).encode()
 
     # -- telemetry -----------------------------------------------------------------------
     def telemetry(self, device: str, seq: int, readings: list[ReadingDict]) -> tuple[str, bytes]:
@@ -363,6 +391,9 @@ class SparkplugSession:
             return None
         if topic == self._state_topic:  # retained by design: the flag is not looked at
             return self._on_state(payload)
+        if topic == self._claim_topic and self.facts is not None:
+            self.facts.status_seen(payload, retained)
+            return None
         if topic == self._ncmd:
             if retained:
                 return Rejected("retained", RETAINED_COMMAND, {"topic": topic})
