@@ -157,3 +157,13 @@ def test_every_config_example_validates(doc: str, line: int, data: dict) -> None
         real = [p for p in exc.problems if not p.endswith(": is required")
                 and "no such file" not in p and "example-counter" not in p]
         assert not real, f"{doc}:{line}: the example does not validate:\n" + "\n".join(real)
+
+
+def test_every_core_module_has_its_place_in_the_architecture() -> None:
+    """docs/architecture.md says where each concern lives; a new module is named there."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    core = ROOT / "edge_agent"
+    unnamed = [str(p.relative_to(core)) for p in sorted(core.rglob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py") and not p.stem.endswith("_pb2")
+               and p.name not in text]
+    assert not unnamed, "modules docs/architecture.md does not mention: " + ", ".join(unnamed)
