@@ -167,3 +167,12 @@ def test_every_core_module_has_its_place_in_the_architecture() -> None:
                if p.name not in ("__init__.py", "__main__.py") and not p.stem.endswith("_pb2")
                and p.name not in text]
     assert not unnamed, "modules docs/architecture.md does not mention: " + ", ".join(unnamed)
+
+
+def test_every_metric_the_agent_exposes_is_in_the_operations_table() -> None:
+    source = (ROOT / "edge_agent" / "ops" / "metrics.py").read_text()
+    exposed = set(re.findall(r"[\"'](edge_agent_[a-z0-9_]+)[\"']", source))
+    table = (ROOT / "docs" / "operations.md").read_text()
+    missing = sorted(name for name in exposed if not re.search(
+        rf"^\| `{name}(_total)?`", table, re.MULTILINE))
+    assert not missing, "metrics missing from docs/operations.md's table: " + ", ".join(missing)
