@@ -292,6 +292,11 @@ def test_installed_agent_runs_against_a_simulator_as_the_image_user(
         for device in config["devices"]:  # the simulator's ptys, opened by the image's user
             if os.geteuid() == 0 and str(device.get("port", "")).startswith("/dev/"):
                 os.chown(device["port"], image_user()[0], -1)
+            if "dbc" in device:  # a file in the checkout, which that user may not enter
+                copy = image_root / Path(device["dbc"]).name
+                shutil.copyfile(device["dbc"], copy)
+                copy.chmod(0o644)
+                device["dbc"] = str(copy)
         data = image_root / "var-lib-edge-agent"  # the hostPath, owned by the image's uid
         data.mkdir(exist_ok=True)
         if os.geteuid() == 0:
