@@ -95,6 +95,23 @@ _NUMBERS = (int, float)
 _UNSCALED = _Scaling(PointSpec("_"))
 
 
+class _Plan:
+    """What a poll's sequence of metrics needs, worked out once per sequence.
+
+    `reorder` puts the readings in the configured order (None: already in it); `scalings`
+    are the metrics' scalings in that order; `plain` says that none of them scales, has a
+    unit or reports by exception, so each reading is published as read (the common case:
+    raw registers of a PLC), and the readings are made by one comprehension.
+    """
+
+    __slots__ = ("plain", "reorder", "scalings")
+
+    def __init__(self, reorder: Callable[[list[Reading]], Any] | None,
+                 scalings: list[_Scaling]) -> None:
+        self.reorder, self.scalings = reorder, scalings
+        self.plain = all(s.identity and s.unit is None and s.report is None for s in scalings)
+
+
 class Normalizer:
     """Per-device: knows each metric's scaling, unit and report-by-exception state."""
 
@@ -104,9 +121,9 @@ class Normalizer:
         #: readings are published in the order of `points` (the configured order): a
         #: driver reads in whatever order suits the device (Modbus: by table and address)
         self._rank = {p.name: i for i, p in enumerate(points)}
-        #: the permutation for each sequence of metrics seen (None: already in order). A
-        #: poll repeats the same sequence, so ordering costs one tuple and one dict lookup.
-        self._orders: dict[tuple[str, ...], Callable[[list[Reading]], Any] | None] = {}
+        #: the plan for each sequence of metrics seen. A poll repeats the same sequence, so
+        #: ordering and finding the scalings cost one tuple and one dict lookup a poll.
+        self._orders: dict[tuple[str, ...], _Plan] = {}
 
     def scaling(self, metric: str) -> _Scaling:
         return self._scalings.get(metric, _UNSCALED)
@@ -118,22 +135,25 @@ class Normalizer:
                 scaling.report.reset()
 
     def readings(self, sample: Sample) -> list[dict[str, Any]]:
-        # The body of _Scaling.apply is inlined: this loop runs for every reading published.
         ts = sample.ts_ms
-        get = self._scalings.get
+        readings = sample.readings
+        key = tuple(map(_METRIC, readings))
+        try:
+            plan = self._orders[key]
+        except KeyError:
+            plan = self._plan_for(key)
+        if plan.reorder is not None:
+            readings = plan.reorder(readings)  # two or more: itemgetter gives a tuple
+        if plan.plain:
+            # an int (every register and counter) is published as read; anything else
+            # (None, a float that may not be finite, a bool...) goes the general way
+            return [{"metric": metric, "value": raw, "ts": ts, "quality": quality}
+                    if raw.__class__ is int else _as_read(metric, raw, quality, ts)
+                    for metric, raw, quality in readings]
+        # The body of _Scaling.apply is inlined: this loop runs for every reading published.
         isfinite = math.isfinite
         out = []
-        readings = sample.readings
-        if len(readings) > 1:
-            key = tuple(map(_METRIC, readings))
-            try:
-                reorder = self._orders[key]
-            except KeyError:
-                reorder = self._order_for(key)
-            if reorder is not None:
-                readings = reorder(readings)
-        for metric, raw, quality in readings:
-            scaling = get(metric, _UNSCALED)
+        for (metric, raw, quality), scaling in zip(readings, plan.scalings, strict=True):
             if raw is None:
                 value, quality = None, BAD
             else:
@@ -151,22 +171,33 @@ class Normalizer:
             if report is not None and not report.keep(value, quality, ts):
                 self.suppressed += 1
                 continue
-            reading = {"metric": metric, "value": value, "ts": ts, "quality": quality}
-            if scaling.unit is not None:
-                reading["unit"] = scaling.unit
-            out.append(reading)
+            if scaling.unit is None:
+                out.append({"metric": metric, "value": value, "ts": ts, "quality": quality})
+            else:
+                out.append({"metric": metric, "value": value, "ts": ts, "quality": quality,
+                            "unit": scaling.unit})
         return out
 
-    def _order_for(self, key: tuple[str, ...]) -> Callable[[list[Reading]], Any] | None:
-        """The permutation that puts readings with these metrics in the configured order
-        (metrics the points do not name keep their place after the others)."""
+    def _plan_for(self, key: tuple[str, ...]) -> _Plan:
+        """The plan for readings with these metrics: the permutation that puts them in the
+        configured order (metrics the points do not name keep their place after the
+        others), and their scalings in that order."""
         rank, last = self._rank, len(self._rank)
         order = sorted(range(len(key)), key=lambda i: (rank.get(key[i], last), i))
         reorder = None if order == list(range(len(key))) else itemgetter(*order)
+        get = self._scalings.get
+        plan = _Plan(reorder, [get(key[i], _UNSCALED) for i in order])
         if len(self._orders) >= MAX_ORDERS:  # a stream with ever new subsets: start over
             self._orders.clear()
-        self._orders[key] = reorder
-        return reorder
+        self._orders[key] = plan
+        return plan
+
+
+def _as_read(metric: str, raw: Any, quality: str, ts: int) -> dict[str, Any]:
+    """One unscaled reading that is not an int: None and non-finite floats are bad."""
+    if raw is None or (raw.__class__ is float and not math.isfinite(raw)):
+        raw, quality = None, BAD
+    return {"metric": metric, "value": raw, "ts": ts, "quality": quality}
 
 
 #: sequences of metrics remembered per device (a poll has one; a stream a few per sentence)

@@ -49,3 +49,25 @@ def test_telemetry_comes_out_in_the_configured_order(mosquitto, subscriber, star
         assert agent.stop() == 0
     finally:
         sims.close()
+
+
+def test_unscaled_points_publish_what_was_read_and_what_was_not_as_bad():
+    """Points without scale, unit or report-by-exception take the normaliser's short way
+    (edge_agent.normalize._Plan.plain): the readings must be the ones the general way makes."""
+    plain = Normalizer([PointSpec(name) for name in "abcdefg"])
+    general = Normalizer([PointSpec(name) for name in "abcdef"] + [PointSpec("g", unit="V")])
+    raws = [("b", 7, "uncertain"), ("a", None, "good"), ("c", float("nan"), "good"),
+            ("d", True, "good"), ("e", "on", "good"), ("f", 2.5, "good"), ("g", -1, "good")]
+    sample = Sample(5, [Reading(*raw) for raw in raws])
+    expected = [
+        {"metric": "a", "value": None, "ts": 5, "quality": "bad"},
+        {"metric": "b", "value": 7, "ts": 5, "quality": "uncertain"},
+        {"metric": "c", "value": None, "ts": 5, "quality": "bad"},
+        {"metric": "d", "value": True, "ts": 5, "quality": "good"},
+        {"metric": "e", "value": "on", "ts": 5, "quality": "good"},
+        {"metric": "f", "value": 2.5, "ts": 5, "quality": "good"},
+        {"metric": "g", "value": -1, "ts": 5, "quality": "good"},
+    ]
+    assert plain.readings(sample) == expected
+    assert general.readings(sample) == [*expected[:-1], {**expected[-1], "unit": "V"}]
+    assert type(plain.readings(sample)[3]["value"]) is bool
