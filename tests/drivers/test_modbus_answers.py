@@ -286,6 +286,31 @@ def test_requests_of_units_behind_one_gateway_queue_and_a_silent_unit_costs_one_
     run(test)
 
 
+def test_units_with_their_own_timeouts_on_one_link_each_time_out_at_their_own():
+    """The link's requests share one timer (transport.TcpLink): a silent unit with a short
+    timeout after one with a long timeout is not held to the long one, and a silent unit
+    with a longer timeout than the request before it still times out when the timer that
+    was armed for that request finds it in flight."""
+    async def test() -> None:
+        points = [{"name": "h0", "address": 0}]
+        async with peer("socket") as (port, device, _), \
+                connected(port, points, unit=1, timeout=60) as patient, \
+                connected(port, points, unit=2, timeout=0.1, retries=0) as short, \
+                connected(port, points, unit=3, timeout=0.3, retries=0) as longer:
+            device.reply = lambda r: honest(r) if r.dev_id == 1 else None
+            assert by_metric(await patient.poll()) == {"h0": (100, GOOD)}  # armed: 60 s
+            with pytest.raises(DeviceTimeout):  # not 60 s: the run's own limit is 30 s
+                await asyncio.wait_for(short.poll(), 10)
+            device.reply = lambda r: honest(r) if r.dev_id == 2 else None
+            assert by_metric(await short.poll()) == {"h0": (100, GOOD)}  # armed: 0.1 s
+            with pytest.raises(DeviceTimeout):
+                await asyncio.wait_for(longer.poll(), 10)
+            device.reply = honest
+            assert by_metric(await longer.poll()) == {"h0": (100, GOOD)}
+
+    run(test)
+
+
 def test_a_caller_cancelled_while_queued_or_in_flight_leaves_the_link_working():
     async def test() -> None:
         points = [{"name": "h0", "address": 0}]
