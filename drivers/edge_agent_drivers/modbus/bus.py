@@ -17,6 +17,7 @@ timeout before the next request. Every answer, on either, must be the answer to 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from time import monotonic
 from typing import Any, ClassVar
 
@@ -171,21 +172,23 @@ class Bus:
             self._heard = True
         return data
 
-    async def call(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
-        """One request, one attempt, with the line to itself; the answer or a DeviceError.
+    def call(self, request: ModbusPDU, timeout: float) -> Awaitable[ModbusPDU]:
+        """One request, one attempt, with the line to itself: awaits the answer, which may
+        be an exception response (`refused` raises it as ExceptionResponse), or raises a
+        DeviceError.
 
         No answer at all is a DeviceTimeout; bytes that never made a valid answer (a CRC or
         LRC error, a truncated frame, an answer to another function or of another length)
-        are a ProtocolError; an exception response is an ExceptionResponse carrying its code.
+        are a ProtocolError. Not a coroutine: on TCP the link's own future is awaited, which
+        saves a coroutine per request on the agent's hottest path.
         """
         if self.link is not None:  # the link queues requests itself, first come first served
-            response = await self.link.request(request, timeout)
-        else:
-            async with self.lock:
-                response = await self._client_call(request, timeout)
-        if response.function_code & 0x80:
-            raise ExceptionResponse(response.exception_code, describe(request))
-        return response
+            return self.link.request(request, timeout)
+        return self._locked_call(request, timeout)
+
+    async def _locked_call(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
+        async with self.lock:
+            return await self._client_call(request, timeout)
 
     async def _client_call(self, request: ModbusPDU, timeout: float) -> ModbusPDU:
         if self.silence:
@@ -214,6 +217,12 @@ class Bus:
         if wrong is not None:
             raise WrongAnswer(f"{wrong} in answer to {describe(request)}")
         return response
+
+
+def refused(response: ModbusPDU, request: ModbusPDU) -> None:
+    """Raises an exception response to `request` as ExceptionResponse, carrying its code."""
+    if response.function_code & 0x80:
+        raise ExceptionResponse(response.exception_code, describe(request))
 
 
 def _describe(settings: tuple[object, ...]) -> str:

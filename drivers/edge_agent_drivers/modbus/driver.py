@@ -52,7 +52,7 @@ from edge_agent.sdk import (
 )
 from edge_agent_drivers.modbus.adjust import Adjuster
 from edge_agent_drivers.modbus.answers import WrongAnswer
-from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse
+from edge_agent_drivers.modbus.bus import Bus, ExceptionResponse, refused
 from edge_agent_drivers.modbus.codec import BlockDecoder
 from edge_agent_drivers.modbus.config import ModbusDevice, ModbusPoint
 from edge_agent_drivers.modbus.plan import Block, plan, split
@@ -136,7 +136,19 @@ class ModbusDriver(Driver):
         layout: list[BlockDecoder] = []
         ts = 0
         for decoder in self.blocks:
-            layout += await self._read(bus, decoder, readings)
+            # the common case of `_read` inlined (a coroutine fewer per block and poll): the
+            # block answered; anything else, and a unit already silent, goes through `_read`
+            request = self._reads.get(decoder)
+            if request is None or self._silent is not None:
+                layout += await self._read(bus, decoder, readings)
+            else:
+                try:
+                    response = await self._request(bus, request)
+                except DeviceError as exc:
+                    layout += await self._failed(bus, decoder, exc, readings)
+                else:
+                    readings += self._values(decoder, response)
+                    layout.append(decoder)
             if not ts and self._silent is None:
                 ts = now_ms()  # the first answer: when this sample was read
         if not ts:
@@ -153,41 +165,47 @@ class ModbusDriver(Driver):
         if self._silent is not None:
             readings += decoder.failed()
             return [decoder]
-        block = decoder.block
         request = self._reads.get(decoder)
         if request is None:  # made once per block: the same PDU is sent at every poll
-            request = self._reads[decoder] = read_request(block, self.config.unit)
+            request = self._reads[decoder] = read_request(decoder.block, self.config.unit)
         try:
             response = await self._request(bus, request)
-        except ExceptionResponse as exc:
-            self.errors[exc.kind] += 1
-            parts = split(block) if exc.code in _SPLIT_CODES else [block]
-            if len(parts) == 1:
-                readings += decoder.failed()
-                return [decoder]
-            self.log.warning("read_split", table=block.table, address=block.address,
-                             count=block.count, code=exc.kind,
-                             into=[(p.address, p.count) for p in parts])
-            layout = []
-            for part in parts:
-                layout += await self._read(bus, BlockDecoder(part), readings)
-            return layout
-        except WrongAnswer as exc:  # the unit answered, but not this request: block bad
-            self.errors[exc.kind] += 1
-            self.log.warning("wrong_answer", error=str(exc))
-            readings += decoder.failed()
-            return [decoder]
-        except DeviceDisconnected:
-            raise
-        except DeviceError as exc:  # no (valid) answer: the unit is silent for this poll
-            self._silent = exc
-            readings += decoder.failed()
-            return [decoder]
+        except DeviceError as exc:
+            return await self._failed(bus, decoder, exc, readings)
+        readings += self._values(decoder, response)
+        return [decoder]
+
+    @staticmethod
+    def _values(decoder: BlockDecoder, response: ModbusPDU) -> list[Reading]:
         # the bus checked that the answer holds exactly what was asked (answers.mismatch)
-        if block.is_bits:
-            readings += decoder.decode(response.bits)
-        else:
-            readings += decoder.decode(response.registers, getattr(response, "data", None))
+        if decoder.block.is_bits:
+            return decoder.decode(response.bits)
+        return decoder.decode(response.registers, getattr(response, "data", None))
+
+    async def _failed(self, bus: Bus, decoder: BlockDecoder, error: DeviceError,
+                      readings: list[Reading]) -> list[BlockDecoder]:
+        """A block whose read failed with `error`: its points bad, or the block split.
+        Returns the block(s) to use from now on."""
+        block = decoder.block
+        if isinstance(error, DeviceDisconnected):
+            raise error
+        if isinstance(error, ExceptionResponse):
+            self.errors[error.kind] += 1
+            parts = split(block) if error.code in _SPLIT_CODES else [block]
+            if len(parts) > 1:
+                self.log.warning("read_split", table=block.table, address=block.address,
+                                 count=block.count, code=error.kind,
+                                 into=[(p.address, p.count) for p in parts])
+                layout = []
+                for part in parts:
+                    layout += await self._read(bus, BlockDecoder(part), readings)
+                return layout
+        elif isinstance(error, WrongAnswer):  # the unit answered, but not this request
+            self.errors[error.kind] += 1
+            self.log.warning("wrong_answer", error=str(error))
+        else:  # no (valid) answer: the unit is silent for this poll
+            self._silent = error
+        readings += decoder.failed()
         return [decoder]
 
     async def _request(self, bus: Bus, request: ModbusPDU) -> ModbusPDU:
@@ -204,6 +222,7 @@ class ModbusDriver(Driver):
         while True:
             try:
                 response = await bus.call(request, timeout)
+                refused(response, request)
             except ExceptionResponse as exc:
                 self._answering = True
                 if exc.code != ExceptionResponse.BUSY or left <= 0:
