@@ -120,6 +120,41 @@ def test_a_qos1_publish_is_the_packet_paho_sends(pair: tuple[_Wired, _Wired]) ->
 
 
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_what_the_socket_does_not_take_at_once_loop_write_finishes(
+        pair: tuple[_Wired, _Wired]) -> None:
+    out = []
+    for one in pair:
+        one.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        one.client.publish("big/one", b"z" * 300_000, 1)
+        assert one.client.want_write()  # the rest waits in paho's queue
+        one.client.publish("small/one", b"s", 1)  # behind it, in order
+        written = b""
+        while one.client.want_write():
+            written += one.written()
+            assert one.client.loop_write() == 0
+        out.append(written + one.written())
+    assert out[0] == out[1]
+    assert len(out[1]) > 300_000
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_publish_from_a_callback_is_queued_as_paho_queues_it(
+        pair: tuple[_Wired, _Wired]) -> None:
+    plain, lean = pair
+    for one in pair:
+        client = one.client
+        client.publish("a/1", b"1", 1)
+        one.written()
+        client.on_publish = lambda c, *args: c.publish("a/2", b"2", 1)
+        one.feed(_puback(1))
+        assert client.want_write()  # queued inside the callback, not written
+    assert plain.written() == lean.written() == b""
+    for one in pair:
+        one.client.loop_write()
+    assert plain.written() == lean.written() != b""
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_what_the_short_road_leaves_to_paho_is_paho_s(pair: tuple[_Wired, _Wired]) -> None:
     """Full window, queue limit, not connected, QoS 0 and 2, properties, bad topics: paho."""
     plain, lean = pair

@@ -16,17 +16,18 @@ shorter road only where the outcome is the same:
   `_packet_handle` exactly as paho's own reader hands it over. A partial packet waits for
   the next read.
 - `publish` packs a QoS 1 PUBLISH without properties in one go when it can go out now
-  (connected, room in the in-flight window, no queue limit) and hands it to paho's
-  `_packet_queue`, with the same MQTTMessage bookkeeping paho keeps.
+  (connected, room in the in-flight window, no queue limit), with the same MQTTMessage
+  bookkeeping paho keeps, and writes it to the socket itself when nothing is queued before
+  it (else, and from inside a callback, it goes to paho's `_packet_queue`).
 
 What differs: paho's DEBUG log lines for those PUBLISH and PUBACK packets are not produced
 (errors are logged as before).
 
 The roads use paho internals (`_in_packet`, `_packet_handle`, `_do_on_publish`,
-`_out_messages`, `_packet_queue`, `_loop_rc_handle`, ...), so they are taken only with the
-paho-mqtt release they were read against (`KNOWN_PAHO`); with any other the client is plain
-paho. tests/test_mqtt_lean.py fails when the installed paho is another release, and runs
-both roads against Mosquitto on MQTT 3.1.1 and 5.
+`_out_messages`, `_out_packet`, `_packet_queue`, `_loop_rc_handle`, ...), so they are taken
+only with the paho-mqtt release they were read against (`KNOWN_PAHO`); with any other the
+client is plain paho. tests/test_mqtt_lean.py fails when the installed paho is another
+release, and runs both roads against paho's own code and Mosquitto on MQTT 3.1.1 and 5.
 """
 
 from __future__ import annotations
@@ -130,12 +131,37 @@ class LeanClient(paho.Client):
                 _U16.pack(len(topic_bytes)), topic_bytes, _U16.pack(mid),
                 b"\x00" if self._v5 else b"",  # MQTT 5: no properties
                 payload))
-            rc = self._packet_queue(_PUBLISH, packet, mid, 1, info)
+            rc = self._send_now(packet, mid, info)
             if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:  # as paho: sent again on reconnect
                 self._inflight_messages -= 1
                 message.state = MessageState.MQTT_MS_PUBLISH
             info.rc = rc
             return info
+
+    def _send_now(self, packet: bytes, mid: int,
+                  info: paho.MQTTMessageInfo) -> MQTTErrorCode:
+        """paho's `_packet_queue` then `loop_write`, for a packet with nothing queued before
+        it, no network thread and no write callbacks: straight to the socket, and what the
+        socket does not take is queued for `loop_write` as paho would leave it."""
+        if (self._out_packet or self._thread is not None or self._sockpairW is not None
+                or self._on_socket_register_write is not None
+                or not self._in_callback_mutex.acquire(False)):  # in a callback: queue
+            return self._packet_queue(_PUBLISH, packet, mid, 1, info)
+        self._in_callback_mutex.release()
+        try:
+            sent = self._sock_send(packet)
+        except BlockingIOError:
+            sent = 0
+        except (OSError, AttributeError, ValueError):  # paho's writer reports it its way
+            return self._packet_queue(_PUBLISH, packet, mid, 1, info)
+        if sent == len(packet):
+            with self._msgtime_mutex:
+                self._last_msg_out = paho.time_func()
+        else:
+            self._out_packet.append({
+                "command": _PUBLISH, "mid": mid, "qos": 1, "pos": sent,
+                "to_process": len(packet) - sent, "packet": packet, "info": info})
+        return _OK
 
     # -- packets in ---------------------------------------------------------------------
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
