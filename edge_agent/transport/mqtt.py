@@ -367,7 +367,8 @@ class MqttPublisher:
         connection). A row that encodes to nothing (no change to report) leaves at once.
         """
         session = self._session
-        if session is None or not self.connected.is_set() or not self.wire.ready():
+        if (session is None or session.ended.is_set() or not self.connected.is_set()
+                or not self.wire.ready()):
             self._rows_waiting = True
             return
         encode = self.wire.encode
