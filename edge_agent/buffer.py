@@ -283,7 +283,7 @@ class SqliteOutbox:
         # ack() and quarantine already counted their rows out; some may have been dropped
         self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
         self._bytes += added - freed - freed_by_acks - freed_by_bad
-        self._keep_fresh(cutoff)
+        self._keep_fresh(cutoff, bool(acked or bad))
         self._pending.clear()
         seqs.clear()
         self._acked = []
@@ -302,11 +302,15 @@ class SqliteOutbox:
         return [(i, d, s, t, p, 0, crc32(p, crc32(b"%d\x00%s\x00%d\x00%s\x00%d\x00" % (
             i, d.encode(), s, t.encode(), 0)))) for i, d, s, t, p in self._pending]  # = encode
 
-    def _keep_fresh(self, dropped_upto: int) -> None:
-        """After a commit: its rows join the live window (see fetch), rows dropped for
-        `max_bytes` (ids up to `dropped_upto`) leave it, and a window grown past FRESH_ROWS
-        is forgotten: those rows are a backlog now, read from the file."""
+    def _keep_fresh(self, dropped_upto: int, deleted: bool) -> None:
+        """After a commit: its rows join the live window (see fetch); the rows it deleted
+        leave it (acknowledged and quarantined ones if `deleted`, those dropped for
+        `max_bytes`: ids up to `dropped_upto`); a window grown past FRESH_ROWS is
+        forgotten: those rows are a backlog now, read from the file."""
         fresh = self._fresh
+        if deleted and fresh and fresh[0].id <= self._gone_max:  # handed out, still held
+            gone = self._gone() or set()  # (a new session may start before them)
+            fresh[:] = [row for row in fresh if row.id not in gone]
         if len(fresh) + len(self._pending) > FRESH_ROWS:
             self._forget_fresh()
             return
