@@ -57,8 +57,8 @@ import sqlite3
 import time
 from bisect import bisect_right
 from collections.abc import Iterator
-from pathlib import Path
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 from zlib import crc32
 
@@ -99,10 +99,11 @@ COMPRESS_BACKLOG = 256
 DURABLE_RETRY = 30.0
 #: rows read per query when a file is salvaged (rebuilt or moved to memory)
 SALVAGE_PAGE = 512
-_row_id = itemgetter(0)
 #: rows committed by this process that `fetch` may hand out from memory (the live window);
 #: past this (the publisher is away or behind) they are forgotten and read from the file
 FRESH_ROWS = COMPRESS_BACKLOG
+_row_id = itemgetter(0)
+
 
 def seq_state_path(buffer_path: Path) -> Path:
     """The seq reservations live beside the buffer, in a file of their own."""
