@@ -89,7 +89,8 @@ class _Builder:
 
     def node(self) -> Any:
         """Reads one whole node (the document's root) and returns its value."""
-        loader, stack = self.loader, []
+        loader = self.loader
+        stack: list[_Open] = []
         get_event: Callable[[], Any] = loader.get_event
         while True:
             event = get_event()
