@@ -236,9 +236,9 @@ class MqttPublisher:
             session.misc.cancel()
             session.misc = None
         if session.fd is not None:
-            self._loop.remove_reader(session.fd)
-            if session.writing:
+            if session.writing:  # both at once: never a watch left half changed
                 self._loop.remove_writer(session.fd)
+            self._loop.remove_reader(session.fd)
             session.fd, session.writing = None, False
         session.client.loop_write()  # best effort for a queued DISCONNECT
         with contextlib.suppress(Exception):
@@ -279,12 +279,28 @@ class MqttPublisher:
         self._flush(session)
 
     def _flush(self, session: _Session) -> None:
-        """Writes what paho queued; waits for the socket to drain when it takes less."""
+        """Writes what paho queued; waits for the socket to drain when it takes less.
+
+        Any paho call that writes (`publish`, `loop_write`) may find the connection gone
+        and close the socket there and then. The loop must forget the descriptor at once:
+        asking it to watch a closed descriptor for writing makes libuv (uvloop) abort the
+        whole process at its next poll, so a dropped socket ends the session here.
+        """
         client = session.client
-        if not client.want_write() or session.fd is None:
+        if session.fd is None:
+            return
+        if client.socket() is None:
+            self._end(session)
+            return
+        if not client.want_write():
             return
         if not session.writing:
-            client.loop_write()
+            rc = client.loop_write()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
+                if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
+                    session.problem = paho.error_string(rc)
+                self._end(session)
+                return
             if not client.want_write():
                 return
             session.writing = True
@@ -358,6 +374,8 @@ class MqttPublisher:
                     topic, payload, qos, retain = message
                     inflight[publish(topic, payload, qos, retain).mid] = row.id
             self._flush(session)
+            if session.ended.is_set():  # the connection dropped under the writes
+                return
             if skipped:
                 self.outbox.ack(skipped)
                 if not self.outbox.depth():
