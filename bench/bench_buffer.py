@@ -1,12 +1,14 @@
 """Durable buffer benchmark: commit and replay throughput, the durable path's cost per
-reading, and the backlog drain rate after a 10-minute outage of the standard workload.
+reading, the live path's cost per message (`us_per_message_live_sqlite`: main-thread CPU for
+seq, append, commit, fetch, acknowledge and an empty fetch, one message per commit as on the
+peer rig), and the backlog drain rate after a 10-minute outage of the standard workload.
 
 Standard workload: 10 devices x 50 registers every 100 ms, i.e. 100 telemetry messages/s of
 ~2.5 KB. A 10-minute outage is 60,000 such messages; this script writes that backlog straight
 into the buffer (it does not wait 10 minutes), then lets the real publisher drain it to a
 real Mosquitto (with one QoS 1 subscriber) while live messages keep arriving at 100/s.
 
-    .venv/bin/python bench/bench_buffer.py [--backlog 60000] [--repeat 3]
+    .venv/bin/python bench/bench_buffer.py [--backlog 60000] [--repeat 3] [--no-drain]
 
 Throughput and per-message costs are the best of `--repeat` runs (the machine is shared:
 the best run is the one least disturbed). The in-memory buffer's resident memory is
@@ -76,8 +78,31 @@ def replay_messages(outbox, window: int = 64) -> tuple[int, float]:
     return done, time.perf_counter() - started
 
 
+def live_cycle(outbox, count: int) -> float:
+    """Main-thread CPU seconds per message in the rig's pattern: one message per flush,
+    fetched at once, acknowledged before the next flush, then an empty fetch (the
+    publisher's pump after the acknowledgement finds nothing new)."""
+    body = payload("dev-0", 1)
+    names = [f"dev-{i}" for i in range(DEVICES)]
+    topics = [TOPICS.telemetry(n) for n in names]
+    cursor = 0
+    started = time.thread_time()
+    for index in range(count):
+        device = index % DEVICES
+        outbox.append(names[device], outbox.next_seq(names[device]), topics[device], body)
+        outbox.flush()
+        rows = outbox.fetch(cursor, 64)
+        cursor = rows[-1].id
+        outbox.ack([row.id for row in rows])
+        outbox.fetch(cursor, 64)
+    return (time.thread_time() - started) / count
+
+
 def buffer_figures(folder: Path, count: int) -> dict[str, float]:
     figures: dict[str, float] = {}
+    live = SqliteOutbox(folder / "live.sqlite3", 1 << 30)
+    figures["us_per_message_live_sqlite"] = live_cycle(live, count) * 1e6
+    live.close()
     for batch in (1, 10):
         durable = SqliteOutbox(folder / f"commit-{batch}.sqlite3", 1 << 30)
         figures[f"commit_batch{batch}"] = count / write_messages(durable, count, batch)
@@ -215,6 +240,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=60_000, help="messages of outage")
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="runs of the throughput part")
+    parser.add_argument("--no-drain", action="store_true",
+                        help="only the throughput and per-message figures")
     args = parser.parse_args()
     logs.configure("error")
     folder = Path(tempfile.mkdtemp(prefix="bench-buffer-"))
@@ -227,6 +254,8 @@ def main() -> None:
             best[key] = better(best.get(key, value), value)
     for key, value in best.items():
         print(f"{key:28s} {value:12.1f}")
+    if args.no_drain:
+        return
     for key, value in memory_figures().items():
         print(f"{key:28s} {value:12.1f}")
     for key, value in asyncio.run(drain_figures(folder, args.backlog, args.inflight)).items():

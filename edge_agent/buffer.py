@@ -16,6 +16,17 @@ Why it is shaped this way:
   row that fails is never published: it is moved to the `quarantine` table (the last
   QUARANTINE_KEEP are kept for inspection), counted and logged with its device and seq
   range, and the rows after it go on. Nothing a row holds can raise out of `fetch`.
+- The live window is not read back. The rows a commit of this process wrote are kept (as
+  `Row`s, the very objects the commit stored) until the publisher has taken them, and
+  `fetch` hands those out without a query: on the standard workload that is every row, and
+  an empty `fetch` (the publisher's cursor at the end) costs no query either. The read-back
+  check is there for rows that may have rotted on disk since they were written: a backlog
+  from before a restart, or one that outgrew FRESH_ROWS while the broker was away. A row
+  that the commit just returned for is on disk (the contract: stored before published),
+  and what is published from memory is exactly what was stored, not a second reading of
+  it. Anything that changes the file's rows behind the outbox's back (a rebuild, the move
+  to memory and back, the oldest rows dropped for `max_bytes`) forgets or trims this
+  window, so from then on those rows are read, checked, from the file.
 - `seq` lives in its own table, written in the same transaction as the messages that use
   it, and is reserved in blocks in a state file beside the buffer
   (`edge_agent.store.seqs`), so a lost or recreated buffer never reuses a seq number.
@@ -44,7 +55,9 @@ import contextlib
 import os
 import sqlite3
 import time
+from bisect import bisect_right
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from zlib import crc32
@@ -86,6 +99,12 @@ COMPRESS_BACKLOG = 256
 DURABLE_RETRY = 30.0
 #: rows read per query when a file is salvaged (rebuilt or moved to memory)
 SALVAGE_PAGE = 512
+#: rows committed by this process that `fetch` may hand out from memory (the live window);
+#: past this (the publisher is away or behind) they are forgotten and read from the file
+FRESH_ROWS = COMPRESS_BACKLOG
+_row_id = itemgetter(0)
+
+
 def seq_state_path(buffer_path: Path) -> Path:
     """The seq reservations live beside the buffer, in a file of their own."""
     return buffer_path.with_name(buffer_path.name + ".seq.json")
@@ -110,7 +129,11 @@ class SqliteOutbox:
         self._checkpoint_failures = 0  # of checkpointers already stopped
         self._db: sqlite3.Connection | None = None
         self._memory: MemoryOutbox | None = None
-        self._pending: list[tuple[int, str, int, str, bytes]] = []
+        self._pending: list[Row] = []
+        #: rows committed by this process and not yet handed out, in id order; every
+        #: committed row with an id above _fresh_after is in it (see fetch)
+        self._fresh: list[Row] = []
+        self._fresh_after = 0
         self._acked: list[int] = []  # acknowledged, deleted by the next flush
         self._gone_max = 0  # the highest id in _acked and _bad
         self._bad: dict[int, str] = {}  # quarantined id -> reason, moved by the next flush
@@ -127,6 +150,7 @@ class SqliteOutbox:
             self._start_degraded(exc)
             return
         self.seqs.resume(stored, generation)
+        self._forget_fresh()
         self._start_checkpointer()
 
     # -- opening -------------------------------------------------------------------------
@@ -224,7 +248,7 @@ class SqliteOutbox:
         if self._memory is not None:
             return self._memory.append(device, seq, topic, payload)
         self._last_id += 1
-        self._pending.append((self._last_id, device, seq, topic, payload))
+        self._pending.append(Row(self._last_id, device, seq, topic, payload))
         return self._last_id
 
     def flush(self) -> None:
@@ -247,10 +271,10 @@ class SqliteOutbox:
             moved, freed_by_bad = quarantine_rows(db, bad) if bad else (0, 0)
             db.executemany(INSERT, rows)
             db.executemany(UPSERT_SEQ, seqs.items())
-            dropped, freed = 0, 0
+            dropped, freed, cutoff = 0, 0, 0
             size = self._bytes - freed_by_acks - freed_by_bad + added  # after this transaction
             if size > self.max_bytes:
-                dropped, freed = self._drop_oldest(db, size - self.max_bytes)
+                dropped, freed, cutoff = self._drop_oldest(db, size - self.max_bytes)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -260,6 +284,7 @@ class SqliteOutbox:
         # ack() and quarantine already counted their rows out; some may have been dropped
         self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
         self._bytes += added - freed - freed_by_acks - freed_by_bad
+        self._keep_fresh(cutoff, bool(acked or bad))
         self._pending.clear()
         seqs.clear()
         self._acked = []
@@ -278,8 +303,31 @@ class SqliteOutbox:
         return [(i, d, s, t, p, 0, crc32(p, crc32(b"%d\x00%s\x00%d\x00%s\x00%d\x00" % (
             i, d.encode(), s, t.encode(), 0)))) for i, d, s, t, p in self._pending]  # = encode
 
-    def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> tuple[int, int]:
-        """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row."""
+    def _keep_fresh(self, dropped_upto: int, deleted: bool) -> None:
+        """After a commit: its rows join the live window (see fetch); the rows it deleted
+        leave it (acknowledged and quarantined ones if `deleted`, those dropped for
+        `max_bytes`: ids up to `dropped_upto`); a window grown past FRESH_ROWS is
+        forgotten: those rows are a backlog now, read from the file."""
+        fresh = self._fresh
+        if deleted and fresh and fresh[0].id <= self._gone_max:  # handed out, still held
+            gone = self._gone() or set()  # (a new session may start before them)
+            fresh[:] = [row for row in fresh if row.id not in gone]
+        if len(fresh) + len(self._pending) > FRESH_ROWS:
+            self._forget_fresh()
+            return
+        fresh.extend(self._pending)
+        if dropped_upto:
+            del fresh[:bisect_right(fresh, dropped_upto, key=_row_id)]
+            self._fresh_after = max(self._fresh_after, dropped_upto)
+
+    def _forget_fresh(self) -> None:
+        """From here on every row committed so far is read from the file, checked."""
+        self._fresh = []
+        self._fresh_after = self._last_id
+
+    def _drop_oldest(self, db: sqlite3.Connection, excess: int) -> tuple[int, int, int]:
+        """Deletes the oldest rows freeing at least `excess` bytes; keeps the newest row.
+        Returns (rows, bytes, the highest id deleted or 0)."""
         count, freed, cutoff = 0, 0, None
         newest = self._last_id
         oldest_first = db.execute(f"SELECT id, {SIZE_SQL} FROM messages ORDER BY id")
@@ -290,11 +338,26 @@ class SqliteOutbox:
         oldest_first.close()
         if cutoff is not None:
             db.execute("DELETE FROM messages WHERE id <= ?", (cutoff,))
-        return count, freed
+        return count, freed, cutoff or 0
 
     def fetch(self, after_id: int, limit: int) -> list[Row]:
-        """Up to `limit` checked rows after `after_id`; bad rows are quarantined, not returned."""
+        """Up to `limit` checked rows after `after_id`; bad rows are quarantined, not returned.
+
+        Past `_fresh_after` every committed row is in the live window, so those come from
+        memory (see the module's docstring); the cursor moving on lets go of what it passed.
+        """
         self._check_file()
+        if after_id >= self._fresh_after and self._memory is None and self._db is not None:
+            fresh = self._fresh
+            if not fresh:
+                return []
+            if fresh[0].id <= after_id:  # handed out before: the publisher has moved on
+                del fresh[:bisect_right(fresh, after_id, key=_row_id)]
+                self._fresh_after = after_id
+            gone = self._gone(after_id)
+            if gone is None:
+                return fresh[:limit]
+            return [row for row in fresh if row.id not in gone][:limit]
         for _ in range(2):  # a damaged file is rebuilt once; a second failure goes to memory
             if self._memory is not None:
                 return self._memory.fetch(after_id, limit)
@@ -507,6 +570,7 @@ class SqliteOutbox:
         self._acked = []
         self._bad = {}
         self._gone_max = 0
+        self._forget_fresh()  # the new file's rows are read from it, checked
         return copied
 
     def _readable(self, db: sqlite3.Connection) -> Iterator[tuple[tuple[Any, ...], Row]]:
@@ -580,9 +644,10 @@ class SqliteOutbox:
                 with contextlib.suppress(sqlite3.Error):
                     source.close()
         self._close_db()
-        memory.restore(Row(*pending) for pending in self._pending)
+        memory.restore(self._pending)
         memory.skip_to(self._last_id)
         self._pending.clear()
+        self._forget_fresh()
         self._acked = []
         self._bad = {}
         self._gone_max = 0
@@ -631,6 +696,7 @@ class SqliteOutbox:
         self.seqs.rebind(generation)
         self._dropped += memory.dropped
         self._last_id = max(self._last_id, memory.skip_to(0))
+        self._forget_fresh()
         self._memory = None
         self.degraded = None
         self._start_checkpointer()

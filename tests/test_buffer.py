@@ -643,3 +643,189 @@ def test_bytes_waiting_return_to_zero_when_everything_is_acknowledged(tmp_path, 
         outbox.flush()
         assert outbox.depth() == 0
         assert outbox.size_bytes() == 0 and outbox.stats()["bytes"] == 0
+
+
+# -- the live window: rows this process committed are handed out from memory --------------------
+class Queries:
+    """Counts the statements the outbox's own connection runs (SELECTs apart)."""
+
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self.outbox = outbox
+        self.statements: list[str] = []
+        outbox._db.set_trace_callback(self.statements.append)  # type: ignore[union-attr]
+
+    def selects(self) -> int:
+        return sum(1 for s in self.statements if s.lstrip().upper().startswith("SELECT"))
+
+
+def _as_stored(path: Path) -> list[Any]:
+    """Every row of the file, read and checked the way a backlog is (rows.decode)."""
+    from edge_agent.store.rows import decode
+    from edge_agent.store.sqlitefile import COLUMNS
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        db.text_factory = bytes
+        return [decode(*raw) for raw in
+                db.execute(f"SELECT {COLUMNS} FROM messages ORDER BY id")]
+
+
+def _walk(outbox: Any, cursor: int, window: int = 7) -> tuple[list[Any], int]:
+    """What a publisher takes from `cursor` on: fetch a window, move the cursor, repeat."""
+    taken = []
+    while rows := outbox.fetch(cursor, window):
+        taken.extend(rows)
+        cursor = rows[-1].id
+    return taken, cursor
+
+
+def test_rows_just_committed_are_handed_out_from_memory_exactly_as_stored(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    queries = Queries(outbox)
+    cursor, taken = 0, []
+    for round_ in range(30):
+        fill(outbox, "a", 1 + round_ % 3)
+        fill(outbox, "b", 2)
+        rows, cursor = _walk(outbox, cursor, window=2)
+        taken.extend(rows)
+        outbox.ack([row.id for row in rows[:-1]])  # the last one is still in flight
+    assert queries.selects() == 0  # neither the rows nor the empty fetches read the file
+    stored = {row.id: row for row in _as_stored(path)}
+    assert len([row for row in taken if row.id in stored]) >= 30
+    assert all(stored[row.id] == row for row in taken if row.id in stored)
+    assert [type(row).__name__ for row in taken] == ["Row"] * len(taken)
+    assert _seqs_by_device(taken) == {"a": list(range(1, 61)), "b": list(range(1, 61))}
+    outbox.close()
+    again = SqliteOutbox(path, 1 << 30)  # what stayed unacknowledged is on disk, checked
+    assert [row.id for row in again.fetch(0, 1000)] == [
+        row.id for row in _as_stored(path)] and again.depth() == 30
+    again.close()
+
+
+def test_a_backlog_after_a_restart_is_read_from_the_file_and_checked(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    _backlog(path, devices=("a",), count=100)
+    plain, _ = _stored(path, 7)
+    _flip_in_file(path, plain, offset=20)  # rotted while the agent was down
+    outbox = SqliteOutbox(path, 1 << 30)
+    queries = Queries(outbox)
+    fill(outbox, "a", 5)  # live rows of the new process, after the backlog
+    taken, cursor = _walk(outbox, 0)
+    assert 7 not in {row.id for row in taken} and outbox.quarantined == 1
+    assert [row.seq for row in taken] == [s for s in range(1, 106) if s != 7]
+    assert queries.selects() >= 100 // 7  # the backlog came from the file, page by page
+    before = queries.selects()
+    fill(outbox, "a", 3)
+    rows, _ = _walk(outbox, cursor)
+    assert [row.seq for row in rows] == [106, 107, 108] and queries.selects() == before
+    outbox.close()
+
+
+def test_rows_dropped_for_max_bytes_are_never_handed_out_from_memory(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 8 * 1024)
+    taken: list[Any] = []
+    cursor = 0
+    for n in range(1, 41):  # the publisher lags: the oldest rows make room for new ones
+        fill(outbox, "a", 1, size=400)
+        if n in (10, 40):
+            rows, cursor = _walk(outbox, cursor, window=3)
+            stored = {row.id: row for row in _as_stored(path)}
+            assert all(stored[row.id] == row for row in rows)  # none of them dropped
+            taken.extend(rows)
+            outbox.ack([row.id for row in rows])
+    assert outbox.dropped > 0
+    assert [row.seq for row in taken] == sorted({row.seq for row in taken})
+    assert len(taken) + outbox.dropped == 40
+    outbox.close()
+
+
+def test_a_window_past_its_limit_is_read_back_from_the_file(tmp_path):
+    from edge_agent.buffer import FRESH_ROWS
+
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    queries = Queries(outbox)
+    fill(outbox, "a", FRESH_ROWS + 10)  # the publisher fell behind: this is a backlog
+    taken, _ = _walk(outbox, 0, window=64)
+    assert queries.selects() > 0
+    assert taken == _as_stored(path)
+    outbox.close()
+
+
+def test_after_a_rebuild_nothing_is_handed_out_stale_or_twice(tmp_path):
+    from tests.helpers import wait_until
+
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    fill(outbox, "a", 20)
+    first, cursor = _walk(outbox, 0)
+    outbox.ack([row.id for row in first[:5]])  # acknowledged, not yet deleted
+    fill(outbox, "a", 4)  # committed to the file about to go: in the live window
+    path.unlink()
+    wait_until(lambda: _recovered(outbox), timeout=5, what="the loss to be noticed")
+    queries = Queries(outbox)
+    rest, cursor = _walk(outbox, cursor)
+    assert [row.seq for row in first + rest] == list(range(1, 25))
+    assert queries.selects() > 0  # read from the rebuilt file, checked
+    fill(outbox, "a", 2)
+    more, _ = _walk(outbox, cursor)
+    assert [row.seq for row in more] == [25, 26]
+    replay, _ = _walk(outbox, 0)  # a new session starts over: every row still owed, once
+    assert [row.seq for row in replay] == list(range(6, 27))
+    assert replay == [row for row in _as_stored(path) if row.id > first[4].id]
+    outbox.close()
+
+
+def test_through_memory_and_back_to_disk_each_row_is_handed_out_once(tmp_path):
+    from tests.delivery_support import SmallFilesystem
+    from tests.helpers import wait_until
+
+    fs = SmallFilesystem(tmp_path / "fs", size="1m")
+    try:
+        path = fs.path / "b.sqlite3"
+        outbox = SqliteOutbox(path, 64 << 20, retry_every=0.2)
+        fill(outbox, "a", 10)
+        taken, cursor = _walk(outbox, 0, window=3)
+        fs.fill()
+        while not outbox.degraded:  # the WAL grows until the disk says no
+            fill(outbox, "a", 5, size=2000)
+            rows, cursor = _walk(outbox, cursor, window=3)
+            taken.extend(rows)
+        rows, cursor = _walk(outbox, cursor, window=3)
+        taken.extend(rows)
+        (fs.path / "filler").unlink()
+
+        def back() -> bool:
+            fill(outbox, "a", 1)
+            return outbox.degraded is None
+
+        wait_until(back, timeout=10, interval=0.1, what="back on disk")
+        rows, cursor = _walk(outbox, cursor, window=3)
+        taken.extend(rows)
+        fill(outbox, "a", 3)
+        rows, cursor = _walk(outbox, cursor, window=3)
+        taken.extend(rows)
+        last = outbox.seqs.current["a"]
+        assert [row.seq for row in taken] == list(range(1, last + 1))
+        replay, _ = _walk(outbox, 0)
+        assert [row.seq for row in replay] == list(range(1, last + 1))
+        outbox.close()
+    finally:
+        fs.close()
+
+
+def test_a_new_session_from_the_start_skips_rows_acknowledged_or_set_aside_meanwhile(tmp_path):
+    """The window still holds rows handed out when the publisher starts over (a reconnect
+    replays from id 0): those acknowledged or quarantined since are never handed out again."""
+    outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 30)
+    fill(outbox, "a", 10)
+    first = outbox.fetch(0, 100)
+    outbox.ack([row.id for row in first[:4]])
+    outbox.quarantine(first[5], "does not encode")
+    assert [row.seq for row in outbox.fetch(0, 100)] == [5, 7, 8, 9, 10]
+    assert [row.seq for row in outbox.fetch(0, 2)] == [5, 7]
+    outbox.flush()  # the acknowledged and set-aside rows leave the file
+    assert [row.seq for row in outbox.fetch(0, 100)] == [5, 7, 8, 9, 10]
+    assert outbox.depth() == 5 and outbox.quarantined == 1
+    outbox.close()

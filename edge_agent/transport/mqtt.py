@@ -13,7 +13,10 @@ Design, and why:
   (Letting paho re-send its own window on reconnect would race with new publishes and could
   reorder them.)
 - Acknowledgements (PUBACK for QoS 1, PUBCOMP for QoS 2, "written" for QoS 0) come back to
-  the event loop in batches; only then are rows deleted from the outbox.
+  the event loop in batches (every PUBACK of one socket read at once); only then are rows
+  deleted from the outbox.
+- The client is `LeanClient`: paho with shorter roads for a QoS 1 PUBLISH and its PUBACK,
+  the one message per poll this module sends (see `edge_agent.transport.lean_paho`).
 - Backlog and live data share the window in id order: after an outage the backlog drains at
   the broker's acknowledgement rate and new readings queue behind it on disk. That is the
   only policy that keeps the contract's "in order per device"; polling itself never waits
@@ -46,6 +49,7 @@ from edge_agent.backoff import Backoff
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
 from edge_agent.transport.base import Message, SessionWatch, Wire
+from edge_agent.transport.lean_paho import LeanClient
 
 #: extra paho in-flight slots for retained status messages, so they never wait on telemetry
 STATE_HEADROOM = 16
@@ -114,6 +118,9 @@ class MqttPublisher:
         self._session: _Session | None = None
         self._acks: deque[tuple[_Session, int, Any]] = deque()
         self._ack_scheduled = False
+        self._reading = False  # in loop_read: its acknowledgements are drained right after
+        #: the last pump stopped with the window full (or could not pump): rows may wait
+        self._rows_waiting = True
         self._stop_event = asyncio.Event()
         self._emptied = asyncio.Event()
         self._stopping = False
@@ -123,11 +130,11 @@ class MqttPublisher:
     def _make_client(self, tls: bool) -> paho.Client:
         cfg = self.config
         if cfg.protocol == "5":
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 protocol=paho.MQTTv5)
+            client = LeanClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                protocol=paho.MQTTv5)
         else:
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 protocol=paho.MQTTv311, clean_session=True)
+            client = LeanClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                protocol=paho.MQTTv311, clean_session=True)
         client.max_inflight_messages_set(cfg.inflight + STATE_HEADROOM)
         client.max_queued_messages_set(0)
         will = self.wire.will()  # asked per connection: Sparkplug's carries a new bdSeq
@@ -187,7 +194,7 @@ class MqttPublisher:
 
     def _on_publish(self, client, session, mid, reason_code, properties) -> None:
         self._acks.append((session, mid, reason_code))
-        if not self._ack_scheduled:
+        if not self._ack_scheduled and not self._reading:
             self._ack_scheduled = True
             self._call_soon(self._drain_acks)
 
@@ -247,7 +254,14 @@ class MqttPublisher:
     def _readable(self, session: _Session) -> None:
         if session.fd is None:
             return
-        self._check(session, session.client.loop_read())
+        self._reading = True  # on the loop thread: paho calls _on_publish from loop_read
+        try:
+            rc = session.client.loop_read()
+        finally:
+            self._reading = False
+        self._check(session, rc)
+        if self._acks and not self._ack_scheduled:
+            self._drain_acks()  # after paho's callback returned, so publishing writes
         sock = session.client.socket()
         if session.fd is not None and isinstance(sock, ssl.SSLSocket) and sock.pending():
             self._loop.call_soon(self._readable, session)  # decrypted bytes left in SSL
@@ -335,7 +349,8 @@ class MqttPublisher:
                 self.on_acked(ids)
             if not self.outbox.depth():
                 self._emptied.set()
-        self.pump()
+        if self._rows_waiting:  # else new rows come with Delivery.flush, which pumps
+            self.pump()
 
     def _rejected(self, session: _Session, reason: Any) -> None:
         """An MQTT 5 broker refused a message (e.g. not authorised for the topic): resending
@@ -352,7 +367,9 @@ class MqttPublisher:
         connection). A row that encodes to nothing (no change to report) leaves at once.
         """
         session = self._session
-        if session is None or not self.connected.is_set() or not self.wire.ready():
+        if (session is None or session.ended.is_set() or not self.connected.is_set()
+                or not self.wire.ready()):
+            self._rows_waiting = True
             return
         encode = self.wire.encode
         publish, inflight = session.client.publish, session.inflight
@@ -380,8 +397,12 @@ class MqttPublisher:
                 self.outbox.ack(skipped)
                 if not self.outbox.depth():
                     self._emptied.set()
-            if len(rows) < room or not (skipped or set_aside):
+            if len(rows) < room:
+                self._rows_waiting = False  # the outbox had no more after the cursor
                 return
+            if not (skipped or set_aside):
+                break
+        self._rows_waiting = True  # the window is full: the next acknowledgement pumps
 
     def disconnect(self) -> None:
         """Ends the current connection on purpose; `run()` then connects again."""
