@@ -24,6 +24,7 @@ from edge_agent.device_config import (  # noqa: F401  (the device models, also n
     PointModel,
     SerialDevice,
     Strict,
+    share_points,
 )
 from edge_agent.errors import ConfigError, DriverLoadError
 
@@ -223,6 +224,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
         raise ConfigError(["<root>: nested too deeply"]) from None
     problems = _duplicate_names(config.devices)
     typed: list[DeviceConfig] = []
+    shared: dict[Any, PointModel] = {}  # equal points of different devices: one model
     for index, device in enumerate(config.devices):
         where = f"devices[{index}]"
         try:
@@ -235,6 +237,7 @@ def validate(data: dict[str, Any], *, strict_drivers: bool = True,
         try:
             typed.append(driver_cls.config_model.model_validate(
                 device.model_dump(exclude_unset=True)))
+            share_points(typed[-1], shared)
         except ValidationError as exc:
             lines = format_problems(exc, where)
             if device.profile is not None and isinstance(entries, list):

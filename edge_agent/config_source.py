@@ -9,11 +9,13 @@ whatever the file holds:
 - size: at most `MAX_BYTES` (Kubernetes caps a ConfigMap at 1 MiB anyway);
 - encoding: strict UTF-8 (a BOM is allowed); the error names the byte offset of the first
   byte that is not;
-- YAML: the node graph is checked *before* Python objects are built: an alias that
-  refers to its own ancestor (a cycle) is refused, and the size the document has once its
-  aliases are expanded (which is what validation and the env overlay walk) is capped at
+- YAML: the document is checked while it is read, before anything is expanded: an alias
+  that refers to its own ancestor (a cycle) is refused, and the size the document has once
+  its aliases are expanded (which is what validation and the env overlay walk) is capped at
   `MAX_NODES`, and its depth at `MAX_DEPTH`. A "billion laughs" alias bomb of 1 KiB is
-  refused in microseconds instead of expanding to 10^8 items;
+  refused in microseconds instead of expanding to 10^8 items. The data is built from the
+  parser's events (`edge_agent.yaml_stream`), not from a node graph of the whole file; a
+  document with an explicitly tagged collection is composed and checked by `check_graph`;
 - an empty file (or comments only) is reported as such (`Source.empty`), and a reload
   refuses what a non-atomic save leaves for a moment (`reload_refusal`).
 
@@ -29,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from edge_agent import yaml_stream
 from edge_agent.errors import ConfigError
 
 MAX_BYTES = 1 << 20
@@ -90,6 +93,13 @@ def parse_value(text: str, where: str) -> Any:
         raise ConfigError([f"{where}: a NUL byte at offset {offset}: not a text file"])
     loader = _Loader(text)
     try:
+        try:  # from the event stream: no node graph (see edge_agent.yaml_stream)
+            return yaml_stream.build(loader, MAX_NODES, MAX_DEPTH)
+        except yaml_stream.LimitExceeded as exc:
+            raise ConfigError([f"{where}: {exc.problem}"]) from None
+        except yaml_stream.NeedsGraph:  # an explicitly tagged collection: the classic way
+            loader.dispose()
+            loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return None

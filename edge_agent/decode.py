@@ -7,6 +7,7 @@ struct call per point on a bytes object: no per-register Python objects.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Callable
@@ -93,13 +94,17 @@ def encode_value(value: Any, type_name: str, order: str = "ABCD", length: int = 
     return from_big_endian(struct.pack(">" + code, value), order)
 
 
+#: one Struct per format, shared by every point of that format (a Struct is immutable)
+_struct = functools.lru_cache(maxsize=256)(struct.Struct)
+
+
 def unpacker(fmt: str, offset: int) -> Callable[[bytes], Any]:
     """A decoder of one fixed-size value at `offset` (struct format, e.g. ">f" or "<H").
 
     Compiled once per point, so decoding a poll is one struct call per value. Floats follow
     decode_value's rules: NaN or infinite is None, a float32 keeps its 7 significant digits.
     """
-    unpack_from = struct.Struct(fmt).unpack_from
+    unpack_from = _struct(fmt).unpack_from
     code = fmt[-1]
     if code == "f":
         def float32(data: bytes) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -135,3 +135,36 @@ class SerialDevice(DeviceConfig):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
+
+
+def share_points(device: DeviceConfig, shared: dict[Any, PointModel]) -> None:
+    """Makes the device's point models that equal one already in `shared` that very one.
+
+    A fleet of the same meter (a profile, or one map repeated) configures the same points
+    on every unit, and a validated point costs about 0.8 KiB (its model, attribute dict and
+    set of the fields given): 247 units x 47 points held 9 MiB of identical copies. Config
+    models are values: nothing changes a point after validation (a driver must not), so
+    equal ones can be one object. Equal means the same class, the same fields given and
+    the same values of the same types (1, 1.0 and True are not confused); a point holding
+    anything unhashable (a list) or extra or private state keeps its own model.
+    """
+    for field, value in device.__dict__.items():
+        if not (isinstance(value, list) and value and isinstance(value[0], PointModel)):
+            continue
+        points = []
+        for point in value:
+            key = _point_key(point)
+            points.append(point if key is None else shared.setdefault(key, point))
+        device.__dict__[field] = points
+
+
+def _point_key(point: PointModel) -> Any:
+    if point.__pydantic_extra__ or point.__pydantic_private__:
+        return None
+    key = (type(point), frozenset(point.model_fields_set),
+           tuple((name, type(value), value) for name, value in point.__dict__.items()))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key

@@ -179,3 +179,22 @@ def test_node_name_replaces_characters_mqtt_forbids_in_a_level(monkeypatch):
     assert client_id(None) == "edge-agent-a_b_c_d~sph"
     monkeypatch.setenv("NODE_NAME", "a_b_c_d")
     assert client_id(None) == "edge-agent-a_b_c_d"
+
+
+def test_equal_points_of_different_devices_share_one_model_and_only_equal_ones():
+    # 247 units of one map would hold 247 copies of each point (edge_agent.device_config)
+    def unit(name: str, **extra) -> dict:
+        return {"name": name, "driver": "modbus", "port": "tcp://127.0.0.1:5020", "points": [
+            {"name": "a", "address": 0}, {"name": "b", "address": 1, **extra}]}
+    devices = [unit("u1"), unit("u2"), unit("u3", scale=1), unit("u4", scale=1.0),
+               unit("u5", invalid=[65535]), unit("u6", invalid=[65535]),
+               unit("u7", writable=True), unit("u8", writable=1)]
+    loaded = config.validate({"devices": devices}, environ={})
+    points = {d.name: d.points for d in loaded.devices}
+    assert points["u1"][0] is points["u2"][0] is points["u8"][0]
+    assert points["u1"][1] is points["u2"][1]
+    assert points["u3"][1] is not points["u1"][1]  # `scale` given: another fields set
+    assert points["u3"][1] is points["u4"][1]  # 1 and 1.0 are both the float 1.0 here
+    assert points["u5"][1] is not points["u6"][1]  # a list: each keeps its own
+    assert points["u7"][1] is points["u8"][1] and points["u7"][1].writable is True
+    assert [p.model_dump() for p in points["u5"]] == [p.model_dump() for p in points["u6"]]

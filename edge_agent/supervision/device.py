@@ -337,6 +337,7 @@ class DeviceRunner:
                     self.set_status("connected")
                 self.state.polls += 1
                 emit(sample)
+                del sample  # not held while waiting for the next tick (47 readings a device)
             watch.since = None
             now = loop.time()
             if next_tick is None:

@@ -73,8 +73,10 @@ class BlockDecoder:
         if block.is_bits:
             self._bits = [(p.name, p.address - block.address) for _, p in block.points]
         else:
-            self._words = [(p.name, _compile(p, (p.address - block.address) * 2),
-                            p.address - block.address + p.registers) for _, p in block.points]
+            #: the point-by-point decoders, compiled when first needed: a block that is one
+            #: struct needs them only for a short answer (memory: 247 devices x 47 points
+            #: held 5 MiB of them, docs/performance.md)
+            self._words: list[tuple[str, Decoder, int]] | None = None
             self._whole = _block_struct(block)
             if self._whole is not None:
                 whole, self._names, self._floats = self._whole
@@ -101,13 +103,20 @@ class BlockDecoder:
         if self._whole is not None and held == count:
             return self._decode_whole(data)
         out = []
-        for name, decoder, end in self._words:
+        words = self._words if self._words is not None else self._compile_words()
+        for name, decoder, end in words:
             try:
                 value = decoder(data) if end <= held else None
             except (struct.error, UnicodeDecodeError, ValueError, IndexError):
                 value = None
             out.append(Reading(name, value, GOOD if value is not None else BAD))
         return out
+
+    def _compile_words(self) -> list[tuple[str, Decoder, int]]:
+        block = self.block
+        self._words = [(p.name, _compile(p, (p.address - block.address) * 2),
+                        p.address - block.address + p.registers) for _, p in block.points]
+        return self._words
 
     def _decode_whole(self, data: bytes) -> list[Reading]:
         raw = self._unpack(data)
