@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_agent import logs, tasks
+from edge_agent.answers_due import ANSWERS_DUE
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox
 from edge_agent.outputs.base import Output
@@ -23,6 +24,9 @@ from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
 
 #: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
 MAX_LATENCY_PROBES = 4096
+#: how long a flush may wait for more answers due on a busy link (seconds, from the first
+#: reading it holds); uvloop rounds timers to the millisecond
+COALESCE_S = 0.001
 
 
 class Delivery:
@@ -42,6 +46,7 @@ class Delivery:
         self.publisher: MqttPublisher | None = None
         self._task: asyncio.Task[None] | None = None
         self._flush_scheduled = False
+        self._flush_timer: asyncio.TimerHandle | None = None  # a deferred flush
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
 
@@ -51,15 +56,29 @@ class Delivery:
         seq = outbox.next_seq(device)
         topic, payload = self._output.telemetry(device, seq, readings)
         row_id = outbox.append(device, seq, topic, payload)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            if len(self._latency_probes) < MAX_LATENCY_PROBES:
-                self._latency_probes[row_id] = ts_ms
+        if self._flush_scheduled:
+            # a deferred flush waits for answers still due; none are: flush in this iteration
+            timer = self._flush_timer
+            if timer is not None and not ANSWERS_DUE.links:
+                timer.cancel()
+                self._flush_timer = None
+                self._loop.call_soon(self.flush)
+            return
+        self._flush_scheduled = True
+        if len(self._latency_probes) < MAX_LATENCY_PROBES:
+            self._latency_probes[row_id] = ts_ms
+        if ANSWERS_DUE.links:
+            self._flush_timer = self._loop.call_later(COALESCE_S, self.flush)
+        else:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Commits everything appended in this loop iteration at once, then publishes it."""
+        """Commits everything appended since the last flush at once, then publishes it."""
         self._flush_scheduled = False
+        timer = self._flush_timer
+        if timer is not None:
+            timer.cancel()
+            self._flush_timer = None
         self.outbox.flush()
         self.pump()
 

@@ -23,10 +23,13 @@ modules behind these names may move, this face does not. See docs/drivers.md.
 - Binary values (edge_agent.decode): `decode_value`, `encode_value`, `unpacker`,
   `register_count`, and the names `TYPES`, `TYPE_NAMES`, `ORDERS`.
 - Logs: `get_logger(name, **bound)`, a structured logger.
+- `ANSWERS_DUE`: a link with answers still due counts itself in it, so delivery can commit
+  several answers at once (edge_agent.answers_due).
 """
 
 from __future__ import annotations
 
+from edge_agent.answers_due import ANSWERS_DUE, AnswersDue
 from edge_agent.decode import (
     ORDERS,
     TYPE_NAMES,
@@ -61,6 +64,7 @@ from edge_agent.serial_transport import SerialTransport
 from edge_agent.tally import FaultTally
 
 __all__ = [
+    "ANSWERS_DUE",
     "BAD",
     "GOOD",
     "NAME_PATTERN",
@@ -69,6 +73,7 @@ __all__ = [
     "TYPES",
     "TYPE_NAMES",
     "UNCERTAIN",
+    "AnswersDue",
     "BlockingDriver",
     "DeviceConfig",
     "DeviceDisconnected",

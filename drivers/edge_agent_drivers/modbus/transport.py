@@ -25,7 +25,7 @@ from typing import Any
 from pymodbus.framer import FramerSocket
 from pymodbus.pdu import ModbusPDU
 
-from edge_agent.sdk import DeviceDisconnected, DeviceTimeout, ProtocolError
+from edge_agent.sdk import ANSWERS_DUE, DeviceDisconnected, DeviceTimeout, ProtocolError
 from edge_agent_drivers.modbus.answers import (
     WrongAnswer,
     decode,
@@ -76,6 +76,7 @@ class TcpLink(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self.stray = 0  # answers that arrived after their request was given up
+        self._busy = False  # counted in ANSWERS_DUE: a request in flight or queued
 
     @property
     def connected(self) -> bool:
@@ -118,7 +119,16 @@ class TcpLink(asyncio.Protocol):
             self._send(exchange)
         else:
             self._queue.append(exchange)
+        if not self._busy:
+            self._busy = True
+            ANSWERS_DUE.links += 1
         return exchange.future
+
+    def _check_idle(self) -> None:
+        """Leaves ANSWERS_DUE once nothing is in flight or queued."""
+        if self._busy and self._current is None and not self._queue:
+            self._busy = False
+            ANSWERS_DUE.links -= 1
 
     def _send(self, exchange: _Exchange) -> None:
         self._tid = tid = self._tid % 0xFFFF + 1  # 1..65535; 0 is never a valid echo
@@ -165,7 +175,10 @@ class TcpLink(asyncio.Protocol):
         # the one after; sending then keeps a unit's read from waiting behind the previous
         # unit's publishing (p50 2.1 -> 1.3 ms on the peer rig, docs/performance.md).
         loop = self._running_loop()
-        loop.call_soon(loop.call_soon, self._send_next)
+        if self._queue:
+            loop.call_soon(loop.call_soon, self._send_next)
+        else:
+            self._check_idle()
 
     def _send_next(self) -> None:
         if self._current is not None:
@@ -176,11 +189,13 @@ class TcpLink(asyncio.Protocol):
             if not following.future.done():
                 self._send(following)
                 return
+        self._check_idle()
 
     def _fail_all(self, error: Exception) -> None:
         exchanges = ([self._current] if self._current is not None else []) + list(self._queue)
         self._current = None
         self._queue.clear()
+        self._check_idle()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
