@@ -174,9 +174,10 @@ class TcpLink(asyncio.Protocol):
         # resumes in the next loop iteration and hands the readings on, whose flush runs in
         # the one after; sending then keeps a unit's read from waiting behind the previous
         # unit's publishing (p50 2.1 -> 1.3 ms on the peer rig, docs/performance.md).
-        loop = self._running_loop()
         if self._queue:
-            loop.call_soon(loop.call_soon, self._send_next)
+            # more answers due: delivery defers its flush for them (edge_agent.answers_due),
+            # so nothing of this answer's is published before the next request goes out
+            self._send_next()
         else:
             self._check_idle()
 
