@@ -25,6 +25,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterResponse,
 )
 
+from edge_agent.answers_due import ANSWERS_DUE
 from edge_agent.errors import DeviceDisconnected, DeviceTimeout, ProtocolError
 from edge_agent.model import BAD, GOOD
 from edge_agent_drivers.modbus.answers import WrongAnswer, mismatch
@@ -255,6 +256,7 @@ def test_a_connection_the_device_closes_is_a_disconnect_and_connect_opens_it_aga
         points = [{"name": "h0", "address": 0}]
         async with peer("socket") as (port, _, connections), \
                 connected(port, points) as driver:
+            idle = ANSWERS_DUE.links
             connections[0].close()
             with pytest.raises(DeviceDisconnected):
                 for _ in range(50):  # the close reaches the agent's side shortly
@@ -263,6 +265,7 @@ def test_a_connection_the_device_closes_is_a_disconnect_and_connect_opens_it_aga
             await driver.connect()
             assert by_metric(await driver.poll()) == {"h0": (100, GOOD)}
             assert len(connections) == 2
+            assert ANSWERS_DUE.links == idle  # the lost connection's requests are not due
 
     run(test)
 
@@ -274,6 +277,7 @@ def test_requests_of_units_behind_one_gateway_queue_and_a_silent_unit_costs_one_
                 connected(port, points, unit=1) as healthy, \
                 connected(port, points, unit=2, timeout=0.2, retries=0) as silent:
             assert healthy._bus is silent._bus
+            idle = ANSWERS_DUE.links
             device.reply = lambda r: None if r.dev_id == 2 else honest(r)
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -282,6 +286,7 @@ def test_requests_of_units_behind_one_gateway_queue_and_a_silent_unit_costs_one_
             assert isinstance(dead, DeviceTimeout)
             assert by_metric(alive) == {"h0": (100, GOOD)}
             assert loop.time() - started < 0.2 + 0.15  # one timeout, then the answer
+            assert ANSWERS_DUE.links == idle
 
     run(test)
 
@@ -320,10 +325,12 @@ def test_a_caller_cancelled_while_queued_or_in_flight_leaves_the_link_working():
             device.asked.clear()
             device.reply = lambda r: answers.append(  # type: ignore[func-returns-value]
                 device.framer.buildFrame(_framed(honest(r), r)))
+            idle = ANSWERS_DUE.links
             in_flight = asyncio.ensure_future(driver.poll())
             queued = asyncio.ensure_future(driver.poll())
             await asyncio.sleep(0.05)
             assert len(answers) == 1  # one request on the wire, the other waits its turn
+            assert ANSWERS_DUE.links == idle + 1  # delivery may wait for these answers
             in_flight.cancel()
             queued.cancel()
             await asyncio.gather(in_flight, queued, return_exceptions=True)
@@ -331,6 +338,7 @@ def test_a_caller_cancelled_while_queued_or_in_flight_leaves_the_link_working():
             device.reply = honest
             assert by_metric(await driver.poll()) == {"h0": (100, GOOD)}
             assert len(device.asked) == 2  # the cancelled queued request was never sent
+            assert ANSWERS_DUE.links == idle  # nothing due: delivery flushes at once
 
     run(test)
 

@@ -58,8 +58,9 @@ class TcpLink(asyncio.Protocol):
     """One Modbus TCP connection shared by the units behind it: one request in flight.
 
     Requests queue in arrival order (a unit that does not answer costs those behind it one
-    timeout each, no more). The next request goes out two loop iterations after the previous
-    one was settled (see `_settle`), without a lock hand-off.
+    timeout each, no more). The next request goes out as the previous one is settled (see
+    `_settle`), without a lock hand-off. While a request is in flight or queued the link
+    counts itself in `ANSWERS_DUE`, so delivery waits for those answers before it commits.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -170,13 +171,11 @@ class TcpLink(asyncio.Protocol):
             else:
                 future.set_result(answer)
         self._current = None
-        # The next request goes out once this answer has been through the agent: its caller
-        # resumes in the next loop iteration and hands the readings on, whose flush runs in
-        # the one after; sending then keeps a unit's read from waiting behind the previous
-        # unit's publishing (p50 2.1 -> 1.3 ms on the peer rig, docs/performance.md).
+        # The next request goes out at once: the link stays in ANSWERS_DUE, so delivery
+        # holds this answer's commit and publish (by 1 ms at most) and the next unit's read
+        # does not wait behind them (before that, sending two loop iterations later, once
+        # this answer was flushed, was the way to keep it from waiting: docs/performance.md).
         if self._queue:
-            # more answers due: delivery defers its flush for them (edge_agent.answers_due),
-            # so nothing of this answer's is published before the next request goes out
             self._send_next()
         else:
             self._check_idle()
