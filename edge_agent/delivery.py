@@ -4,7 +4,8 @@
 it, and one flush per event-loop iteration commits everything appended in it and pumps the
 publisher; while a link has answers due (`edge_agent.answers_due`: the units behind one
 Modbus TCP gateway, asked one after another) the flush waits for them, by COALESCE_S at most,
-so one commit, publish pump and PUBACK read cover several units (docs/performance.md). A message leaves the outbox only when the broker acknowledged it (see
+so one commit, publish pump and PUBACK read cover several units (docs/performance.md).
+A message leaves the outbox only when the broker acknowledged it (see
 `edge_agent.transport.mqtt`). The publisher is replaced when the MQTT settings change; this
 object stays, and is the `Link` outputs publish through, so they never hold a dead client.
 """
