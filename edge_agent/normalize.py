@@ -8,6 +8,7 @@ points without one cost a single attribute test more.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from operator import itemgetter
@@ -101,18 +102,13 @@ def _scaling(spec: PointSpec) -> _Scaling:
     47 points held 1.3 MiB of equal ones)."""
     if spec.deadband is not None or spec.heartbeat is not None:
         return _Scaling(spec)
-    key = (spec.scale.__class__, spec.scale, spec.offset.__class__, spec.offset, spec.unit)
-    shared = _SHARED.get(key)
-    if shared is None:
-        if len(_SHARED) >= MAX_SHARED:  # ever new scalings (reloads): start over
-            _SHARED.clear()
-        shared = _SHARED[key] = _Scaling(PointSpec("_", spec.unit, spec.scale, spec.offset))
-    return shared
+    return _shared_scaling(spec.scale, spec.offset, spec.unit)
 
 
-#: stateless scalings shared between points, by (scale, offset, unit) with their types
-_SHARED: dict[tuple[Any, ...], _Scaling] = {}
-MAX_SHARED = 1024
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: a scale of 1 is not one of 1.0
+def _shared_scaling(scale: float, offset: float, unit: str | None) -> _Scaling:
+    """A stateless scaling shared between points (ever new ones on reloads age out)."""
+    return _Scaling(PointSpec("_", unit, scale, offset))
 
 
 class _Plan:

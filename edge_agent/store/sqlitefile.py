@@ -9,6 +9,7 @@ fails a whole query.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import sqlite3
@@ -137,25 +138,19 @@ def delete_rows(db: sqlite3.Connection, ids: list[int]) -> tuple[int, int]:
     """Deletes rows inside the caller's transaction: (rows, bytes) freed."""
     removed, freed = 0, 0
     for start in range(0, len(ids), DELETE_CHUNK):
-        chunk = ids[start:start + DELETE_CHUNK] if start or len(ids) > DELETE_CHUNK else ids
+        chunk = ids[start:start + DELETE_CHUNK]
         sizes = db.execute(_delete_sql(len(chunk)), chunk).fetchall()
         removed += len(sizes)
         freed += sum(size for (size,) in sizes if isinstance(size, int))
     return removed, freed
 
 
-_DELETE_SQL: dict[int, str] = {}
-
-
+@functools.lru_cache(maxsize=DELETE_CHUNK)
 def _delete_sql(count: int) -> str:
     """The DELETE for `count` ids, built once per count (a flush usually deletes one or
     two: the statement is built on every commit otherwise)."""
-    sql = _DELETE_SQL.get(count)
-    if sql is None:
-        marks = ",".join("?" * count)
-        sql = _DELETE_SQL[count] = (f"DELETE FROM messages WHERE id IN ({marks}) "
-                                    f"RETURNING {SIZE_SQL}")
-    return sql
+    marks = ",".join("?" * count)
+    return f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {SIZE_SQL}"
 
 
 def quarantine_rows(db: sqlite3.Connection, bad: dict[int, str]) -> tuple[int, int]:

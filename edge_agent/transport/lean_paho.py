@@ -75,18 +75,6 @@ _PUBACK_REASONS = _puback_reasons()
 _PUBACK_OK = _PUBACK_REASONS[0]
 
 
-def _remaining_length(n: int) -> bytes:
-    """MQTT's variable-length integer (the fixed header's remaining length)."""
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
 class LeanClient(paho.Client):
     """A paho Client (callback API 2) whose QoS 1 PUBLISH and PUBACK take short roads."""
 
@@ -127,7 +115,8 @@ class LeanClient(paho.Client):
             message.state = MessageState.MQTT_MS_WAIT_FOR_PUBACK
             packet = b"".join((
                 b"\x33" if retain else b"\x32",
-                _remaining_length(4 + len(topic_bytes) + len(payload) + self._v5),
+                self._pack_remaining_length(
+                    bytearray(), 4 + len(topic_bytes) + len(payload) + self._v5),
                 _U16.pack(len(topic_bytes)), topic_bytes, _U16.pack(mid),
                 b"\x00" if self._v5 else b"",  # MQTT 5: no properties
                 payload))

@@ -286,11 +286,16 @@ class MqttPublisher:
 
     def _check(self, session: _Session, rc: MQTTErrorCode) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
-                session.problem = paho.error_string(rc)
-            self._end(session)
+            self._lost(session, rc)
             return
         self._flush(session)
+
+    def _lost(self, session: _Session, rc: MQTTErrorCode) -> None:
+        """A paho call failed or dropped the socket: the session ends, saying why."""
+        if session.problem is None and rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,
+                                                  MQTTErrorCode.MQTT_ERR_NO_CONN):
+            session.problem = paho.error_string(rc)
+        self._end(session)
 
     def _flush(self, session: _Session) -> None:
         """Writes what paho queued; waits for the socket to drain when it takes less.
@@ -311,9 +316,7 @@ class MqttPublisher:
         if not session.writing:
             rc = client.loop_write()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or client.socket() is None:
-                if session.problem is None and rc != MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    session.problem = paho.error_string(rc)
-                self._end(session)
+                self._lost(session, rc)
                 return
             if not client.want_write():
                 return
