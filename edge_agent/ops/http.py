@@ -8,6 +8,7 @@ also what makes /healthz honest: it answers 200 only if the loop itself answered
 
 from __future__ import annotations
 
+import selectors
 import socket
 import threading
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class HttpServer:
         self.log = logs.get("edge_agent.http")
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # stop() -> the thread
 
     @property
     def port(self) -> int:
@@ -65,18 +67,25 @@ class HttpServer:
         if self._server is None:
             self.bind()
         assert self._server is not None
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.5}, name="http",
-                                        daemon=True)
+        self._server.socket.setblocking(False)  # a client gone before accept: no hang
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(target=_serve, args=(self._server, self._wake[0]),
+                                        name="http", daemon=True)
         self._thread.start()
         self.log.info("http_listening", address=f"{self.host}:{self.port}")
 
     def stop(self) -> None:
         """Blocks until the serving thread has stopped: call it from an executor."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._server is None:
+            return
+        if self._thread is not None and self._wake is not None:
+            self._wake[1].send(b"x")
+            self._thread.join()
+            for end in self._wake:
+                end.close()
+            self._thread, self._wake = None, None
+        self._server.server_close()
+        self._server = None
 
     # -- endpoints -----------------------------------------------------------------------
     def respond(self, path: str) -> tuple[int, str, bytes]:
@@ -100,6 +109,20 @@ class HttpServer:
         if problems:
             return 503, "text/plain; charset=utf-8", ("\n".join(problems) + "\n").encode()
         return 200, "text/plain; charset=utf-8", b"ready\n"
+
+
+def _serve(server: ThreadingHTTPServer, wake: socket.socket) -> None:
+    """Sleeps until a client connects or `stop` writes to `wake`, then serves the client in
+    a thread of its own. `serve_forever` would wake twice a second to look for a shutdown:
+    on an idle agent that was a third as much CPU as its polling."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(server, selectors.EVENT_READ)
+        selector.register(wake, selectors.EVENT_READ)
+        while True:
+            ready = selector.select()
+            if any(key.fileobj is wake for key, _ in ready):
+                return
+            server.handle_request()
 
 
 class _Server(ThreadingHTTPServer):

@@ -106,8 +106,12 @@ class MqttPublisher:
         self.on_acked = on_acked
         self.watch = watch
         self.published = 0
+        #: seconds between housekeeping ticks (paho's keepalive, the stall check): a sixth
+        #: of the keepalive, at least 1 s. A PINGREQ goes out at most that late, well inside
+        #: the broker's 1.5 x keepalive; an idle agent wakes 6 times less often at 30 s.
+        self.tick = max(1.0, config.keepalive / 6)
         #: monotonic time of the last sign that the outbox moves: an acknowledgement, an
-        #: empty outbox, a new connection (checked once a second; see stalled_for)
+        #: empty outbox, a new connection (checked every tick; see stalled_for)
         self._progressed = time.monotonic()
         self._published_seen = 0
         self.rejected = 0  # MQTT 5 PUBACKs with a failure reason: the broker will not take it
@@ -232,7 +236,7 @@ class MqttPublisher:
         # Registered by number: paho may close the socket object before the loop forgets it.
         session.fd = sock.fileno()
         self._loop.add_reader(session.fd, self._readable, session)
-        session.misc = self._loop.call_later(1.0, self._housekeeping, session)
+        session.misc = self._loop.call_later(self.tick, self._housekeeping, session)
         self._flush(session)
         # An SSL socket may hold bytes the handshake already read (a TLS 1.3 alert, even the
         # CONNACK): the fd will not turn readable for those, so read once now.
@@ -271,7 +275,7 @@ class MqttPublisher:
 
     def _housekeeping(self, session: _Session) -> None:
         """paho's keepalive: PINGREQ when due, and the connection's death when PINGRESP is late."""
-        session.misc = self._loop.call_later(1.0, self._housekeeping, session)
+        session.misc = self._loop.call_later(self.tick, self._housekeeping, session)
         if self.published != self._published_seen or not self.outbox.depth():
             self._published_seen = self.published
             self._progressed = time.monotonic()
@@ -282,7 +286,7 @@ class MqttPublisher:
         outbox moves. Past `mqtt.keepalive` the pump is stalled (/readyz says so)."""
         if not self.connected.is_set() or not self.outbox.depth():
             return 0.0
-        return max(0.0, time.monotonic() - self._progressed - 1.0)  # the check's period
+        return max(0.0, time.monotonic() - self._progressed - self.tick)  # the check's period
 
     def _check(self, session: _Session, rc: MQTTErrorCode) -> None:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
