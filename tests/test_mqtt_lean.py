@@ -137,6 +137,75 @@ def test_what_the_socket_does_not_take_at_once_loop_write_finishes(
     assert len(out[1]) > 300_000
 
 
+class _CountingSocket:
+    """The client's socket end, counting the writes (one `send` per write)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.sends = sock, 0
+
+    def send(self, data: bytes) -> int:
+        self.sends += 1
+        return self.sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_corked_publishes_leave_in_one_write_as_the_bytes_paho_sends(
+        pair: tuple[_Wired, _Wired]) -> None:
+    """A flush's PUBLISHes: paho writes each at once, LeanClient held them for one send;
+    the bytes, their order and the messages' state are the same."""
+    plain, lean = pair
+    counting = _CountingSocket(lean.ours)
+    lean.client._sock = counting
+    lean.client.cork()
+    for n in range(5):
+        for one in pair:
+            one.client.publish(f"site/dev-{n}/telemetry", b"x" * (100 + n), 1)
+    assert lean.written() == b"" and counting.sends == 0  # held
+    assert lean.client.uncork() == 0
+    assert counting.sends == 1
+    assert plain.written() == lean.written() != b""
+    assert lean.client._inflight_messages == plain.client._inflight_messages == 5
+    lean.client.cork()
+    assert lean.client.uncork() == 0 and counting.sends == 1  # nothing held: no write
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_publish_on_paho_s_road_while_corked_goes_after_what_is_held(
+        pair: tuple[_Wired, _Wired]) -> None:
+    plain, lean = pair
+    lean.client.cork()
+    for one in pair:
+        one.client.publish("a/1", b"1", 1)
+        one.client.publish("a/2", b"2", 0)  # QoS 0: paho's road, written at once
+        one.client.publish("a/3", b"3", 1)
+    lean.client.uncork()
+    assert plain.written() == lean.written()
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_what_the_socket_does_not_take_of_a_corked_write_loop_write_finishes(
+        pair: tuple[_Wired, _Wired]) -> None:
+    out = []
+    pair[1].client.cork()
+    for one in pair:
+        one.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for n in range(4):
+            one.client.publish(f"big/{n}", bytes([65 + n]) * 100_000, 1)
+    pair[1].client.uncork()
+    for one in pair:
+        assert one.client.want_write()  # the rest waits in paho's queue, packet by packet
+        written = b""
+        while one.client.want_write():
+            written += one.written()
+            assert one.client.loop_write() == 0
+        out.append(written + one.written())
+    assert out[0] == out[1]
+    assert len(out[1]) > 400_000
+
+
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_a_publish_from_a_callback_is_queued_as_paho_queues_it(
         pair: tuple[_Wired, _Wired]) -> None:

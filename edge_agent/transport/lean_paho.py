@@ -82,6 +82,8 @@ class LeanClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._rbuf = bytearray()  # bytes read, not yet a whole packet
         self._v5 = self._protocol == paho.MQTTv5
+        #: while corked: the PUBLISH packets held for one write (packet, mid, info)
+        self._held: list[tuple[bytes, int, paho.MQTTMessageInfo]] | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         self._rbuf = bytearray()  # what the old connection left is not this one's
@@ -95,9 +97,11 @@ class LeanClient(paho.Client):
                 or not topic or type(payload) is not bytes or len(payload) > _MAX_PAYLOAD
                 or self._max_queued_messages
                 or 0 < self._max_inflight_messages <= self._inflight_messages):
+            self._release_held()  # paho's road writes at once: what is held goes first
             return super().publish(topic, payload, qos, retain, properties)
         topic_bytes = topic.encode("utf-8")
         if b"+" in topic_bytes or b"#" in topic_bytes or len(topic_bytes) > 65535:
+            self._release_held()
             return super().publish(topic, payload, qos, retain, properties)  # raises
         mid = self._mid_generate()
         message = paho.MQTTMessage(mid, topic_bytes)
@@ -130,26 +134,72 @@ class LeanClient(paho.Client):
     def _send_now(self, packet: bytes, mid: int,
                   info: paho.MQTTMessageInfo) -> MQTTErrorCode:
         """paho's `_packet_queue` then `loop_write`, for a packet with nothing queued before
-        it, no network thread and no write callbacks: straight to the socket, and what the
-        socket does not take is queued for `loop_write` as paho would leave it."""
+        it, no network thread and no write callbacks: straight to the socket (or held for
+        `uncork`), and what the socket does not take is queued for `loop_write` as paho
+        would leave it."""
         if (self._out_packet or self._thread is not None or self._sockpairW is not None
                 or self._on_socket_register_write is not None
                 or not self._in_callback_mutex.acquire(False)):  # in a callback: queue
+            self._release_held()
             return self._packet_queue(_PUBLISH, packet, mid, 1, info)
         self._in_callback_mutex.release()
+        if self._held is not None:
+            self._held.append((packet, mid, info))
+            return _OK
+        return self._write([(packet, mid, info)], packet)
+
+    # -- several PUBLISHes, one write ---------------------------------------------------
+    def cork(self) -> None:
+        """Holds the PUBLISH packets `publish` would write to the socket until `uncork`.
+
+        Why: each write to a broker on the same host wakes it, and the kernel charges that
+        wake-up to the writer; a flush that publishes several units' readings writes them
+        in one `send`, and the broker answers with their PUBACKs in one read. Nothing else
+        changes: a publish that takes paho's road (or must queue) writes what is held
+        first, so packets leave in the order they were published.
+        """
+        if self._held is None:
+            self._held = []
+
+    def uncork(self) -> MQTTErrorCode:
+        """Writes what `cork` held, in one `send`; the rest goes to paho's queue."""
+        held, self._held = self._held, None
+        if not held:
+            return _OK
+        return self._write(held, held[0][0] if len(held) == 1 else
+                           b"".join([packet for packet, _, _ in held]))
+
+    def _release_held(self) -> None:
+        """Writes what is held now (the cork stays on)."""
+        if self._held:
+            held, self._held = self._held, []
+            self._write(held, b"".join([packet for packet, _, _ in held]))
+
+    def _write(self, packets: list[tuple[bytes, int, paho.MQTTMessageInfo]],
+               data: bytes) -> MQTTErrorCode:
+        """`data` (the packets, joined) to the socket; what it does not take is queued
+        packet by packet for `loop_write`, as paho would leave it."""
         try:
-            sent = self._sock_send(packet)
+            sent = self._sock_send(data)
         except BlockingIOError:
             sent = 0
         except (OSError, AttributeError, ValueError):  # paho's writer reports it its way
-            return self._packet_queue(_PUBLISH, packet, mid, 1, info)
-        if sent == len(packet):
+            rc = _OK
+            for packet, mid, info in packets:
+                rc = self._packet_queue(_PUBLISH, packet, mid, 1, info)
+            return rc
+        if sent:
             with self._msgtime_mutex:
                 self._last_msg_out = paho.time_func()
-        else:
-            self._out_packet.append({
-                "command": _PUBLISH, "mid": mid, "qos": 1, "pos": sent,
-                "to_process": len(packet) - sent, "packet": packet, "info": info})
+        if sent == len(data):
+            return _OK
+        for packet, mid, info in packets:
+            taken = min(sent, len(packet))
+            sent -= taken
+            if taken < len(packet):
+                self._out_packet.append({
+                    "command": _PUBLISH, "mid": mid, "qos": 1, "pos": taken,
+                    "to_process": len(packet) - taken, "packet": packet, "info": info})
         return _OK
 
     # -- packets in ---------------------------------------------------------------------

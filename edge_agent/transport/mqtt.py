@@ -379,24 +379,29 @@ class MqttPublisher:
             self._rows_waiting = True
             return
         encode = self.wire.encode
-        publish, inflight = session.client.publish, session.inflight
+        client = session.client
+        publish, inflight = client.publish, session.inflight
         while (room := self.config.inflight - len(inflight)) > 0:
             rows = self.outbox.fetch(session.cursor, room)
             skipped = []
             set_aside = 0
-            for row in rows:
-                session.cursor = row.id
-                try:
-                    message = encode(row)
-                except Exception as exc:  # this row, not the backlog: set aside, go on
-                    self.outbox.quarantine(row, f"does not encode: {exc!r}")
-                    set_aside += 1
-                    continue
-                if message is None:
-                    skipped.append(row.id)
-                else:
-                    topic, payload, qos, retain = message
-                    inflight[publish(topic, payload, qos, retain).mid] = row.id
+            client.cork()  # the batch's PUBLISHes leave in one write
+            try:
+                for row in rows:
+                    session.cursor = row.id
+                    try:
+                        message = encode(row)
+                    except Exception as exc:  # this row, not the backlog: set aside, go on
+                        self.outbox.quarantine(row, f"does not encode: {exc!r}")
+                        set_aside += 1
+                        continue
+                    if message is None:
+                        skipped.append(row.id)
+                    else:
+                        topic, payload, qos, retain = message
+                        inflight[publish(topic, payload, qos, retain).mid] = row.id
+            finally:
+                client.uncork()
             self._flush(session)
             if session.ended.is_set():  # the connection dropped under the writes
                 return
