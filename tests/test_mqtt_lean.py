@@ -207,6 +207,25 @@ def test_what_the_socket_does_not_take_of_a_corked_write_loop_write_finishes(
 
 
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_puback_sends_what_paho_queued_behind_a_full_window(
+        pair: tuple[_Wired, _Wired]) -> None:
+    """The PUBACK's short road skips paho's walk over the messages in flight only when none
+    is queued: with a full window the next message goes out on the acknowledgement."""
+    plain, lean = pair
+    for one in pair:
+        one.client.max_inflight_messages_set(1)
+        one.client.publish("w/1", b"1", 1)
+        one.client.publish("w/2", b"2", 1)  # the window is full: paho queues it
+    assert plain.written() == lean.written()
+    for one in pair:
+        one.feed(_puback(1))
+    assert plain.written() == lean.written() != b""  # w/2, sent on the PUBACK
+    assert plain.published == lean.published == [(1, 0, "[]")]
+    assert lean.client._inflight_messages == plain.client._inflight_messages == 1
+    assert list(lean.client._out_messages) == list(plain.client._out_messages) == [2]
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_a_publish_from_a_callback_is_queued_as_paho_queues_it(
         pair: tuple[_Wired, _Wired]) -> None:
     plain, lean = pair

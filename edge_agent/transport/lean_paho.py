@@ -265,11 +265,35 @@ class LeanClient(paho.Client):
                 del buf[:pos]
 
     def _puback(self, mid: int, reason: ReasonCode) -> MQTTErrorCode:
-        """paho's `_handle_pubackcomp` for a PUBACK without properties."""
+        """paho's `_handle_pubackcomp` then `_do_on_publish` for a PUBACK without
+        properties: the same callback, bookkeeping and order, without paho's generic
+        dispatch (its callback lock, the callback API switch) and without
+        `_update_inflight`'s walk over every message in flight when none is queued (when
+        every message paho holds is counted in flight, there is nothing for it to send)."""
         with self._out_message_mutex:
-            if mid in self._out_messages:
+            message = self._out_messages.get(mid)
+            if message is None:
+                return _OK
+            on_publish = self._on_publish
+            if self._callback_api_version is not paho.CallbackAPIVersion.VERSION2:
                 return self._do_on_publish(mid, reason, _PUBACK_PROPERTIES)
-        return _OK
+            if on_publish is not None:
+                with self._in_callback_mutex:
+                    try:
+                        on_publish(self, self._userdata, mid, reason, _PUBACK_PROPERTIES)
+                    except Exception as err:
+                        self._easy_log(paho.MQTT_LOG_ERR,
+                                       "Caught exception in on_publish: %s", err)
+                        if not self.suppress_exceptions:
+                            raise
+            del self._out_messages[mid]
+            message.info._set_as_published()
+            if message.qos > 0:
+                self._inflight_messages -= 1
+                if (self._max_inflight_messages > 0
+                        and len(self._out_messages) > self._inflight_messages):
+                    return self._update_inflight()
+            return _OK
 
     def _handle(self, command: int, length: int, body: bytearray) -> MQTTErrorCode:
         """A packet as paho's `_packet_read` hands it to `_packet_handle`."""
