@@ -7,9 +7,9 @@ Why it is shaped this way:
   before it is on disk, and a commit costs one WAL append per batch, not per reading.
 - `synchronous=NORMAL` in WAL mode: a commit survives the agent being killed (the WAL is in
   the OS page cache), and the event loop never waits for an fsync; after a power cut the
-  last transactions since the WAL was synced (at each checkpoint) may be missing.
-- Checkpoints (the only step that fsyncs) run in a thread of their own, which also watches
-  the file (`edge_agent.store.checkpoint`).
+  last transactions since the WAL was synced (each second) may be missing.
+- The WAL's fsync and the checkpoints run in a thread of their own, which also watches the
+  file (`edge_agent.store.checkpoint`).
 - Acknowledgements delete their rows in the next flush's transaction, so a poll costs one
   commit, not two. Until then the rows are counted as gone and never fetched again.
 - Every row carries a CRC32 and is checked on the way out (`edge_agent.store.rows`). A
