@@ -42,11 +42,13 @@ def main(path: str) -> None:
         runs = [json.loads(line) for line in lines if line.strip()]
     agent = [r for r in runs if r.get("sut") != "node-red"]
     peer = [r for r in runs if r.get("sut") == "node-red"]
+    rounds = min(len(agent), len(peer))  # a file compare.sh is still writing: whole rounds
+    agent, peer = agent[:rounds], peer[:rounds]
     for name, figure, fmt in FIGURES:
         print(f"{name:20} edge-agent {spread([figure(r) for r in agent], fmt):28} "
               f"Node-RED {spread([figure(r) for r in peer], fmt)}")
     ratios = [round(us_per_reading(a) / us_per_reading(p), 3)
-              for a, p in zip(agent, peer, strict=True)]
+              for a, p in zip(agent, peer)]
     print("CPU per reading, agent / Node-RED, per round:", ratios)
     medians = statistics.median(map(us_per_reading, agent)) / statistics.median(
         map(us_per_reading, peer))
