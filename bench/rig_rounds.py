@@ -48,7 +48,7 @@ def main(path: str) -> None:
         print(f"{name:20} edge-agent {spread([figure(r) for r in agent], fmt):28} "
               f"Node-RED {spread([figure(r) for r in peer], fmt)}")
     ratios = [round(us_per_reading(a) / us_per_reading(p), 3)
-              for a, p in zip(agent, peer)]
+              for a, p in zip(agent, peer, strict=True)]
     print("CPU per reading, agent / Node-RED, per round:", ratios)
     medians = statistics.median(map(us_per_reading, agent)) / statistics.median(
         map(us_per_reading, peer))

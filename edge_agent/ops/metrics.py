@@ -92,8 +92,8 @@ class _SnapshotCollector(Collector):
                        buffer["seq_skipped"])
         yield _counter("edge_agent_buffer_recoveries", "Buffer files rebuilt while running "
                        "(deleted, replaced or damaged)", buffer["recoveries"])
-        yield _counter("edge_agent_buffer_checkpoint_failures", "WAL syncs and checkpoints that failed",
-                       buffer["checkpoint_failures"])
+        yield _counter("edge_agent_buffer_checkpoint_failures",
+                       "WAL syncs and checkpoints that failed", buffer["checkpoint_failures"])
         yield _gauge("edge_agent_buffer_wal_bytes", "Size of the buffer's write-ahead log",
                      buffer["wal_bytes"])
         yield _gauge("edge_agent_state_degraded", "1 while a state file (seq reservations, "
