@@ -33,7 +33,7 @@ release, and runs both roads against paho's own code and Mosquitto on MQTT 3.1.1
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as paho_version
@@ -274,7 +274,7 @@ class LeanClient(paho.Client):
             message = self._out_messages.get(mid)
             if message is None:
                 return _OK
-            on_publish = self._on_publish
+            on_publish = cast("paho.CallbackOnPublish_v2 | None", self._on_publish)
             if self._callback_api_version is not paho.CallbackAPIVersion.VERSION2:
                 return self._do_on_publish(mid, reason, _PUBACK_PROPERTIES)
             if on_publish is not None:

@@ -66,7 +66,7 @@ def parse_url(url: str) -> tuple[str, int, bool]:
 class _Session:
     """One paho client and one connection; its in-flight window dies with it."""
 
-    def __init__(self, url: str, client: paho.Client, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, url: str, client: LeanClient, loop: asyncio.AbstractEventLoop) -> None:
         self.url, self.client = url, client
         self.inflight: dict[int, int] = {}  # paho mid -> outbox row id
         self.cursor = 0  # highest outbox id handed to this session
@@ -131,7 +131,7 @@ class MqttPublisher:
         self._held_back: float | None = None  # the watch's delay after the last session
 
     # -- client set-up (per session, so rotated passwords and certificates are picked up) --
-    def _make_client(self, tls: bool) -> paho.Client:
+    def _make_client(self, tls: bool) -> LeanClient:
         cfg = self.config
         if cfg.protocol == "5":
             client = LeanClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
