@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import threading
 import time
@@ -234,12 +233,6 @@ class MqttPublisher:
         if sock is None:  # paho already lost it, e.g. writing CONNECT hit a TLS alert
             self._end(session)
             return
-        # No Nagle: paho leaves it on, and then a flush's write waits in the kernel until the
-        # broker has acknowledged the previous one at the TCP level (its PUBACK carries the
-        # ACK), which on a busy host holds a reading back by as long as the broker is late.
-        # Writes are batched already (a flush's PUBLISHes go in one `send`).
-        with contextlib.suppress(OSError, AttributeError):  # a websocket wrapper has none
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Registered by number: paho may close the socket object before the loop forgets it.
         session.fd = sock.fileno()
         self._loop.add_reader(session.fd, self._readable, session)
