@@ -9,7 +9,9 @@ a link that never answers holds it back by COALESCE_S at most.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -55,6 +57,16 @@ def delivery_on(log: CommitLog) -> Delivery:
     return delivery
 
 
+@contextlib.contextmanager
+def a_link_busy() -> Iterator[None]:
+    """A link with answers due, as a TcpLink counts itself while it has requests out."""
+    ANSWERS_DUE.links += 1
+    try:
+        yield
+    finally:
+        ANSWERS_DUE.links -= 1
+
+
 async def committed(log: CommitLog) -> None:
     while not log.commits:
         await asyncio.sleep(0.001)
@@ -67,8 +79,7 @@ def test_answers_due_hold_the_flush_and_the_first_delivery_without_them_flushes_
     async def test() -> None:
         log = CommitLog()
         delivery = delivery_on(log)
-        ANSWERS_DUE.links += 1
-        try:
+        with a_link_busy():
             delivery.deliver("u1", [], 0)
             for _ in range(5):
                 await asyncio.sleep(0)
@@ -76,8 +87,6 @@ def test_answers_due_hold_the_flush_and_the_first_delivery_without_them_flushes_
             for _ in range(5):
                 await asyncio.sleep(0)
             assert log.commits == []  # the link still has answers due
-        finally:
-            ANSWERS_DUE.links -= 1
         delivery.deliver("u3", [], 0)
         await asyncio.wait_for(committed(log), 10)
         assert log.commits == [[1, 1, 1]]  # one commit for the three units
@@ -89,12 +98,9 @@ def test_a_link_that_stays_busy_holds_the_flush_back_by_the_deadline_only() -> N
     async def test() -> None:
         log = CommitLog()
         delivery = delivery_on(log)
-        ANSWERS_DUE.links += 1
-        try:
+        with a_link_busy():
             delivery.deliver("u1", [], 0)
             await asyncio.wait_for(committed(log), 10)
             assert log.commits == [[1]]
-        finally:
-            ANSWERS_DUE.links -= 1
 
     asyncio.run(test())

@@ -80,6 +80,14 @@ class _Wired:
             except BlockingIOError:
                 return out
 
+    def written_to_the_end(self) -> bytes:
+        """What the client writes until paho's queue is empty (loop_write after each read)."""
+        written = b""
+        while self.client.want_write():
+            written += self.written()
+            assert self.client.loop_write() == 0
+        return written + self.written()
+
     def feed(self, data: bytes) -> list[MQTTErrorCode]:
         """Gives the client `data` to read and lets it read until nothing is left."""
         self.peer.sendall(data)
@@ -128,11 +136,7 @@ def test_what_the_socket_does_not_take_at_once_loop_write_finishes(
         one.client.publish("big/one", b"z" * 300_000, 1)
         assert one.client.want_write()  # the rest waits in paho's queue
         one.client.publish("small/one", b"s", 1)  # behind it, in order
-        written = b""
-        while one.client.want_write():
-            written += one.written()
-            assert one.client.loop_write() == 0
-        out.append(written + one.written())
+        out.append(one.written_to_the_end())
     assert out[0] == out[1]
     assert len(out[1]) > 300_000
 
@@ -197,11 +201,7 @@ def test_what_the_socket_does_not_take_of_a_corked_write_loop_write_finishes(
     pair[1].client.uncork()
     for one in pair:
         assert one.client.want_write()  # the rest waits in paho's queue, packet by packet
-        written = b""
-        while one.client.want_write():
-            written += one.written()
-            assert one.client.loop_write() == 0
-        out.append(written + one.written())
+        out.append(one.written_to_the_end())
     assert out[0] == out[1]
     assert len(out[1]) > 400_000
 

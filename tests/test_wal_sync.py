@@ -7,7 +7,9 @@ syncs the WAL itself (what bounds a power cut's loss) and checkpoints rarely.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge_agent.store.checkpoint import Checkpointer, file_identity
@@ -25,6 +27,20 @@ def writer(path: Path) -> sqlite3.Connection:
     return db
 
 
+@contextlib.contextmanager
+def running(path: Path, checkpoint_after: float) -> Iterator[tuple[sqlite3.Connection,
+                                                                    Checkpointer]]:
+    """A writer on a new file and a checkpointer ticking every 20 ms; both closed after."""
+    db = writer(path)
+    checkpointer = Checkpointer(path, file_identity(path), every=0.02,
+                                checkpoint_after=checkpoint_after)
+    try:
+        yield db, checkpointer
+    finally:
+        checkpointer.stop()
+        db.close()
+
+
 def wait_ticks(checkpointer: Checkpointer, n: int) -> None:
     start = checkpointer.ticks
     wait_until(lambda: checkpointer.ticks >= start + n, timeout=10, what=f"{n} ticks")
@@ -32,9 +48,7 @@ def wait_ticks(checkpointer: Checkpointer, n: int) -> None:
 
 def test_the_wal_is_synced_after_a_commit_and_not_while_nothing_changes(tmp_path):
     path = tmp_path / "b.sqlite3"
-    db = writer(path)
-    checkpointer = Checkpointer(path, file_identity(path), every=0.02, checkpoint_after=3600)
-    try:
+    with running(path, checkpoint_after=3600) as (db, checkpointer):
         wait_ticks(checkpointer, 2)
         synced = checkpointer.syncs
         db.execute("INSERT INTO t VALUES (x'00')")
@@ -46,16 +60,11 @@ def test_the_wal_is_synced_after_a_commit_and_not_while_nothing_changes(tmp_path
         wait_until(lambda: checkpointer.syncs == synced + 1, timeout=10, what="the next sync")
         assert checkpointer.checkpoints == 0  # syncing is not checkpointing
         assert checkpointer.failures == 0
-    finally:
-        checkpointer.stop()
-        db.close()
 
 
 def test_a_checkpoint_comes_after_its_period_and_only_if_something_changed(tmp_path):
     path = tmp_path / "b.sqlite3"
-    db = writer(path)
-    checkpointer = Checkpointer(path, file_identity(path), every=0.02, checkpoint_after=0.1)
-    try:
+    with running(path, checkpoint_after=0.1) as (db, checkpointer):
         db.execute("INSERT INTO t VALUES (x'00')")
         wait_until(lambda: checkpointer.checkpoints >= 1, timeout=10, what="a checkpoint")
         # the checkpoint copied the commit into the database file: a copy of the file
@@ -70,22 +79,14 @@ def test_a_checkpoint_comes_after_its_period_and_only_if_something_changed(tmp_p
         assert checkpointer.checkpoints == done
         db.execute("INSERT INTO t VALUES (x'01')")
         wait_until(lambda: checkpointer.checkpoints > done, timeout=10, what="the next one")
-    finally:
-        checkpointer.stop()
-        db.close()
 
 
 def test_a_wal_past_its_limit_is_checkpointed_before_its_period(tmp_path):
     path = tmp_path / "b.sqlite3"
-    db = writer(path)
-    checkpointer = Checkpointer(path, file_identity(path), every=0.02, checkpoint_after=3600)
-    try:
+    with running(path, checkpoint_after=3600) as (db, checkpointer):
         for _ in range(WAL_SIZE_LIMIT // 100_000 + 5):
             db.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
         wait_until(lambda: checkpointer.checkpoints >= 1, timeout=10,
                    what="a checkpoint of the large WAL")
         db.execute("INSERT INTO t VALUES (x'00')")  # restarts the WAL: cut to the limit
         assert checkpointer.wal_bytes <= WAL_SIZE_LIMIT
-    finally:
-        checkpointer.stop()
-        db.close()

@@ -163,17 +163,16 @@ class LeanClient(paho.Client):
 
     def uncork(self) -> MQTTErrorCode:
         """Writes what `cork` held, in one `send`; the rest goes to paho's queue."""
-        held, self._held = self._held, None
-        if not held:
-            return _OK
-        return self._write(held, held[0][0] if len(held) == 1 else
-                           b"".join([packet for packet, _, _ in held]))
+        rc = self._release_held()
+        self._held = None
+        return rc
 
-    def _release_held(self) -> None:
-        """Writes what is held now (the cork stays on)."""
-        if self._held:
-            held, self._held = self._held, []
-            self._write(held, b"".join([packet for packet, _, _ in held]))
+    def _release_held(self) -> MQTTErrorCode:
+        """Writes what is held now (the cork stays as it is)."""
+        if not self._held:
+            return _OK
+        held, self._held = self._held, []
+        return self._write(held, b"".join([packet for packet, _, _ in held]))
 
     def _write(self, packets: list[tuple[bytes, int, paho.MQTTMessageInfo]],
                data: bytes) -> MQTTErrorCode:
