@@ -135,22 +135,29 @@ def remove_wal(path: Path) -> None:
 
 
 def delete_rows(db: sqlite3.Connection, ids: list[int]) -> tuple[int, int]:
-    """Deletes rows inside the caller's transaction: (rows, bytes) freed."""
+    """Deletes rows inside the caller's transaction: (rows, bytes) freed.
+
+    The sizes are summed by a SELECT before a plain DELETE: `DELETE ... RETURNING` cost
+    about 40 us more per commit of the standard workload's 3 KB rows, the SELECT about 12
+    (docs/performance.md, "Durable buffer")."""
     removed, freed = 0, 0
     for start in range(0, len(ids), DELETE_CHUNK):
         chunk = ids[start:start + DELETE_CHUNK]
-        sizes = db.execute(_delete_sql(len(chunk)), chunk).fetchall()
-        removed += len(sizes)
-        freed += sum(size for (size,) in sizes if isinstance(size, int))
+        count_sql, delete_sql = _delete_sql(len(chunk))
+        count, size = db.execute(count_sql, chunk).fetchone()
+        db.execute(delete_sql, chunk)
+        removed += count
+        freed += size if isinstance(size, int) else 0
     return removed, freed
 
 
 @functools.lru_cache(maxsize=DELETE_CHUNK)
-def _delete_sql(count: int) -> str:
-    """The DELETE for `count` ids, built once per count (a flush usually deletes one or
-    two: the statement is built on every commit otherwise)."""
+def _delete_sql(count: int) -> tuple[str, str]:
+    """The SELECT of the sizes and the DELETE for `count` ids, built once per count (a
+    flush usually deletes one or two: the statements are built on every commit otherwise)."""
     marks = ",".join("?" * count)
-    return f"DELETE FROM messages WHERE id IN ({marks}) RETURNING {SIZE_SQL}"
+    return (f"SELECT count(*), sum({SIZE_SQL}) FROM messages WHERE id IN ({marks})",
+            f"DELETE FROM messages WHERE id IN ({marks})")
 
 
 def quarantine_rows(db: sqlite3.Connection, bad: dict[int, str]) -> tuple[int, int]:
