@@ -4,7 +4,8 @@
 it, and one flush per event-loop iteration commits everything appended in it and pumps the
 publisher; while a link has answers due (`edge_agent.answers_due`: the units behind one
 Modbus TCP gateway, asked one after another) the flush waits for them, by COALESCE_S at most,
-so one commit, publish pump and PUBACK read cover several units (docs/performance.md).
+and for one more poll at most (HOLD_POLLS), so one commit, publish pump and PUBACK read
+cover two units' readings (docs/performance.md).
 A message leaves the outbox only when the broker acknowledged it (see
 `edge_agent.transport.mqtt`). The publisher is replaced when the MQTT settings change; this
 object stays, and is the `Link` outputs publish through, so they never hold a dead client.
@@ -30,6 +31,10 @@ MAX_LATENCY_PROBES = 4096
 #: how long a flush may wait for more answers due on a busy link (seconds, from the first
 #: reading it holds); uvloop rounds timers to the millisecond
 COALESCE_S = 0.001
+#: a deferred flush goes out once it holds this many polls' messages. A flush (commit,
+#: publish, PUBACK) costs about as much CPU as reading a poll: two polls a flush halve that,
+#: a third would save only a sixth more, and every poll held waits for the next answer
+HOLD_POLLS = 2
 
 
 class Delivery:
@@ -50,6 +55,7 @@ class Delivery:
         self._task: asyncio.Task[None] | None = None
         self._flush_scheduled = False
         self._flush_timer: asyncio.TimerHandle | None = None  # a deferred flush
+        self._held = 0  # polls the deferred flush holds
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
 
@@ -60,17 +66,21 @@ class Delivery:
         topic, payload = self._output.telemetry(device, seq, readings)
         row_id = outbox.append(device, seq, topic, payload)
         if self._flush_scheduled:
-            # a deferred flush waits for answers still due; none are: flush in this iteration
+            # a deferred flush waits for answers still due: none are, or it holds enough
+            # polls now: flush in this iteration
             timer = self._flush_timer
-            if timer is not None and not ANSWERS_DUE.links:
-                timer.cancel()
-                self._flush_timer = None
-                self._loop.call_soon(self.flush)
+            if timer is not None:
+                self._held += 1
+                if self._held >= HOLD_POLLS or not ANSWERS_DUE.links:
+                    timer.cancel()
+                    self._flush_timer = None
+                    self._loop.call_soon(self.flush)
             return
         self._flush_scheduled = True
         if len(self._latency_probes) < MAX_LATENCY_PROBES:
             self._latency_probes[row_id] = ts_ms
         if ANSWERS_DUE.links:
+            self._held = 1
             self._flush_timer = self._loop.call_later(COALESCE_S, self.flush)
         else:
             self._loop.call_soon(self.flush)

@@ -1,9 +1,11 @@
-"""The flush waits for answers still due on a busy link, but never past COALESCE_S.
+"""The flush waits for answers still due on a busy link, but never past COALESCE_S and
+never for more than HOLD_POLLS polls.
 
 Delivery commits (and only then publishes) what was appended since its last flush. While a
 link counts itself in ANSWERS_DUE, the flush waits for the answers it will bring, so one
-commit covers several units; the first delivery that finds no link busy flushes at once, and
-a link that never answers holds it back by COALESCE_S at most.
+commit covers several units; the first delivery that finds no link busy flushes at once, the
+poll that makes HOLD_POLLS flushes at once, and a link that never answers holds it back by
+COALESCE_S at most.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ async def committed(log: CommitLog) -> None:
 def test_answers_due_hold_the_flush_and_the_first_delivery_without_them_flushes_all(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(delivery_module, "COALESCE_S", 60.0)  # only the link ends the wait
+    monkeypatch.setattr(delivery_module, "HOLD_POLLS", 10)
 
     async def test() -> None:
         log = CommitLog()
@@ -104,3 +107,30 @@ def test_a_link_that_stays_busy_holds_the_flush_back_by_the_deadline_only() -> N
             assert log.commits == [[1]]
 
     asyncio.run(test())
+
+
+def test_a_busy_link_flushes_once_the_held_polls_reach_hold_polls(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_module, "COALESCE_S", 60.0)  # only the count ends the wait
+
+    async def test() -> None:
+        log = CommitLog()
+        delivery = delivery_on(log)
+        with a_link_busy():
+            for unit in range(1, delivery_module.HOLD_POLLS + 2):
+                delivery.deliver(f"u{unit}", [], 0)
+                for _ in range(5):
+                    await asyncio.sleep(0)
+            # the first HOLD_POLLS went in one commit; the one after waits for its own batch
+            assert log.commits == [[1] * delivery_module.HOLD_POLLS]
+            assert log.pending == [1]
+        delivery.deliver("u0", [], 0)  # no answers due: the held batch goes at once
+        await asyncio.wait_for(committed_count(log, 2), 10)
+        assert log.commits[1] == [1, 1]
+
+    asyncio.run(test())
+
+
+async def committed_count(log: CommitLog, count: int) -> None:
+    while len(log.commits) < count:
+        await asyncio.sleep(0.001)
