@@ -29,8 +29,10 @@ from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
 #: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
 MAX_LATENCY_PROBES = 4096
 #: how long a flush may wait for more answers due on a busy link (seconds, from the first
-#: reading it holds); uvloop rounds timers to the millisecond
-COALESCE_S = 0.001
+#: reading it holds). uvloop's timers run on a clock kept in whole milliseconds, so a 1 ms
+#: timer fired after 0-1 ms and let go half the polls it was there to wait for (answers on
+#: the rig come 0.7 ms apart); 2 ms waits 1-2 ms, and HOLD_POLLS ends most waits earlier
+COALESCE_S = 0.002
 #: a deferred flush goes out once it holds this many polls' messages. A flush (commit,
 #: publish, PUBACK) costs about as much CPU as reading a poll: two polls a flush halve that,
 #: a third would save only a sixth more, and every poll held waits for the next answer
