@@ -24,6 +24,7 @@ def writer(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA wal_autocheckpoint=0")
     db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
     db.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     return db
 
 
@@ -90,3 +91,49 @@ def test_a_wal_past_its_limit_is_checkpointed_before_its_period(tmp_path):
                    what="a checkpoint of the large WAL")
         db.execute("INSERT INTO t VALUES (x'00')")  # restarts the WAL: cut to the limit
         assert checkpointer.wal_bytes <= WAL_SIZE_LIMIT
+
+
+def wal_salt(path: Path) -> bytes:
+    """The WAL header's salt: SQLite draws a new one each time the WAL restarts."""
+    with open(f"{path}-wal", "rb") as wal:
+        return wal.read(32)[16:24]
+
+
+def test_after_a_complete_checkpoint_the_thread_restarts_the_wal_not_the_writer(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    db = writer(path)
+    checkpointer = Checkpointer(path, file_identity(path), every=3600)  # no ticks: by hand
+    try:
+        db.execute("INSERT INTO t VALUES (x'00')")
+        first = wal_salt(path)
+        checkpointer.checkpoint()
+        restarted = wal_salt(path)
+        assert restarted != first and checkpointer.restarts == 1  # its write restarted it
+        db.execute("INSERT INTO t VALUES (x'01')")
+        assert wal_salt(path) == restarted  # the writer appended: no restart, no fsync
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    finally:
+        checkpointer.stop()
+        db.close()
+
+
+def test_a_restart_that_cannot_get_the_lock_is_no_failure_and_comes_with_the_next(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    db = writer(path)
+    checkpointer = Checkpointer(path, file_identity(path), every=3600)
+    try:
+        db.execute("INSERT INTO t VALUES (x'00')")
+        first = wal_salt(path)
+        db.execute("BEGIN IMMEDIATE")  # the writer holds the lock through the checkpoint
+        checkpointer.checkpoint()  # copies the WAL; its restarting write gives up
+        assert checkpointer.restarts == 0 and checkpointer.failures == 0
+        db.execute("INSERT INTO t VALUES (x'01')")
+        db.execute("COMMIT")  # its transaction began before the checkpoint: it appends
+        assert wal_salt(path) == first
+        checkpointer.checkpoint()  # the lock is free now
+        assert checkpointer.restarts == 1 and wal_salt(path) != first
+        db.execute("INSERT INTO t VALUES (x'02')")
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    finally:
+        checkpointer.stop()
+        db.close()
