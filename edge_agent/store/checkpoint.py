@@ -83,9 +83,6 @@ class Checkpointer:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
                                    timeout=0.2)
         self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        # the restarting write's commit needs no fsync of its own (FULL would add one while
-        # it holds the lock the loop's next commit may be waiting for)
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._synced_version: int | None = None  # data_version at the last sync
         self._checkpointed_version: int | None = None  # ... at the last checkpoint
         self._last_checkpoint = time.monotonic()
@@ -177,6 +174,10 @@ class Checkpointer:
         """Makes the first write to the emptied WAL (so its header's fsync is this thread's,
         not the loop's). Not getting the lock is no failure: the loop's commit restarts it."""
         try:
+            # its commit needs no fsync of its own (FULL would add one while it holds the
+            # lock the loop's next commit may wait for); set here, where it is needed: the
+            # pragma opens the file's WAL index, which then stays open with the connection
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('wal_restarted', ?)",
                              (str(self.restarts + 1),))
         except sqlite3.OperationalError:
