@@ -4,7 +4,8 @@ A Modbus TCP link with several units behind it asks them one at a time, a few hu
 microseconds apart; each answer would otherwise get its own commit, publish and PUBACK.
 A link counts itself in `ANSWERS_DUE.links` while it has a request in flight or queued;
 delivery then defers its flush (by at most `edge_agent.delivery.COALESCE_S`) until the
-busy links go idle, so one commit covers several units' readings.
+busy links go idle or the next poll's readings arrive (`HOLD_POLLS`), so one commit
+covers several units' readings.
 """
 
 from __future__ import annotations
