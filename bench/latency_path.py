@@ -105,15 +105,22 @@ def analyze(notes_path: str, run_dir: str) -> None:
     held: list[tuple[int, float, str, float]] = []  # delivered, not yet flushed
     flushing: list[tuple[int, float, str, float]] = []
     batches: collections.Counter[int] = collections.Counter()
-    flush_start = commit_end = 0.0
+    gaps: list[float] = []  # between consecutive deliveries of one round of polls
+    lone_waits: list[float] = []  # delivery to flush, of flushes that carried one poll
+    flush_start = commit_end = last_delivery = 0.0
     for step, at, detail in notes:
         if step == "rx":
             answers.append((detail, at))
         elif step == "dl" and answers:  # one poll, one answer, in order (one block a poll)
             served, received = answers.popleft()
             held.append((served, received, detail, at))
+            if at - last_delivery < 0.02:  # longer: the next round of polls
+                gaps.append(at - last_delivery)
+            last_delivery = at
         elif step == "fs":
             batches[len(held)] += 1
+            if len(held) == 1:
+                lone_waits.append(at - held[0][3])
             flushing, held, flush_start = held, [], at
         elif step == "fc":
             commit_end = at
@@ -141,6 +148,12 @@ def analyze(notes_path: str, run_dir: str) -> None:
     polls = sum(size * count for size, count in batches.items())
     print(f"flushes {sum(batches.values())} for {polls} polls; polls per flush: "
           + ", ".join(f"{size}: {count}" for size, count in sorted(batches.items())))
+    for what, values in (("between one poll's delivery and the next", gaps),
+                         ("waited by the flushes that carried one poll", lone_waits)):
+        values.sort()
+        if values:
+            print(f"ms {what}, p10 / p50 / p90: {_ms(values, 0.1):.3f} {_ms(values, 0.5):.3f} "
+                  f"{_ms(values, 0.9):.3f}")
 
 
 def _ms(values: list[float], q: float) -> float:
