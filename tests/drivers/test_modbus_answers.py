@@ -362,3 +362,35 @@ def test_mismatch_accepts_exactly_the_answer_to_the_request():
     assert mismatch(write, WriteSingleRegisterResponse(address=4, registers=[9])) is None
     assert mismatch(write, WriteSingleRegisterResponse(address=5, registers=[9])) == \
         "answer for address 5"
+
+
+def test_the_next_unit_is_asked_only_after_the_last_answer_was_handled():
+    """The link sends the next queued request one callback after settling an answer, so the
+    poll that answer wakes decodes and delivers first (transport.TcpLink._settle): a request
+    sent at once woke the device's process while that step still had the CPU to use."""
+    async def test() -> None:
+        points = [{"name": "h0", "address": 0}]
+        async with peer("socket") as (port, _, _), \
+                connected(port, points, unit=1) as first, \
+                connected(port, points, unit=2) as second:
+            link = first._bus.link
+            assert link is not None and link is second._bus.link
+            events: list[str] = []
+            transport = link._transport
+            write = transport.write
+
+            def sent(data: bytes) -> None:
+                events.append(f"asked unit {data[6]}")  # MBAP: the unit id is byte 6
+                write(data)
+
+            transport.write = sent
+
+            async def poll(driver: ModbusDriver, unit: int) -> None:
+                await driver.poll()
+                events.append(f"unit {unit} handled")
+
+            await asyncio.gather(poll(first, 1), poll(second, 2))
+            assert events == ["asked unit 1", "unit 1 handled", "asked unit 2",
+                              "unit 2 handled"]
+
+    run(test)
