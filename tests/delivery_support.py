@@ -142,13 +142,25 @@ def flip_stored_bytes(path: Path, row_id: int, count: int = 4) -> tuple[str, int
             "SELECT device, seq, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
     db.close()
     data = bytearray(path.read_bytes())
-    at = data.find(stored)
-    assert at >= 0 and data.find(stored, at + 1) < 0, "the row's bytes are not unique"
-    middle = at + len(stored) // 2
-    for i in range(middle, middle + count):
-        data[i] ^= 0x5A
+    places = all_places(data, stored)  # stale copies too: see all_places
+    assert places, "the row's bytes are not in the file"
+    for at in places:
+        middle = at + len(stored) // 2
+        for i in range(middle, middle + count):
+            data[i] ^= 0x5A
     path.write_bytes(bytes(data))
     return device, seq
+
+
+def all_places(data: bytes | bytearray, needle: bytes) -> list[int]:
+    """Every offset of `needle` in `data`. The buffer does not zero what it deletes or
+    moves (`secure_delete` off), so besides a row's live copy the file may hold stale ones
+    in free space; damage meant for the row goes to each (a stale copy is never read)."""
+    places, at = [], data.find(needle)
+    while at >= 0:
+        places.append(at)
+        at = data.find(needle, at + 1)
+    return places
 
 
 def stored_rows(path: Path) -> list[tuple[int, str, int, int]]:
@@ -281,8 +293,6 @@ def flip_blob_to_text(path: Path, row_id: int) -> None:
     db.close()
     body = device.encode() + _record_int(seq) + topic.encode() + payload
     data = bytearray(path.read_bytes())
-    at = data.find(body)
-    assert at >= 0 and data.find(body, at + 1) < 0, "the row's record is not unique"
     # header ... [payload type varint][zipped type][crc type] | body
     blob_type = 2 * len(payload) + 12
     varint = bytearray()
@@ -290,9 +300,13 @@ def flip_blob_to_text(path: Path, row_id: int) -> None:
     varint.insert(0, value & 0x7F)
     while value := value >> 7:
         varint.insert(0, 0x80 | (value & 0x7F))
-    start = at - 2 - len(varint)
-    assert data[start:at - 2] == varint, "unexpected record header layout"
-    data[at - 3] |= 0x01  # 2n+12 -> 2n+13: TEXT
+    flipped = 0
+    for at in all_places(data, body):  # a stale copy's header may be gone: skip it
+        start = at - 2 - len(varint)
+        if data[start:at - 2] == varint:
+            data[at - 3] |= 0x01  # 2n+12 -> 2n+13: TEXT
+            flipped += 1
+    assert flipped, "the row's record (with its header) is not in the file"
     path.write_bytes(bytes(data))
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.outbox import MemoryOutbox, open_outbox
+from tests.delivery_support import all_places
 
 
 class LogSink:
@@ -228,12 +229,15 @@ def _stored(path: Path, row_id: int) -> tuple[bytes, int]:
 
 def _flip_in_file(path: Path, needle: bytes, offset: int, count: int = 4) -> None:
     """Changes `count` bytes of the file where `needle` is stored: damage SQLite cannot see
-    (page contents are not checksummed)."""
+    (page contents are not checksummed). Every copy is changed: the buffer does not zero
+    what it deletes or moves (`secure_delete` off), so a page's free space may hold a stale
+    one, and the live copy need not be the first."""
     data = bytearray(path.read_bytes())
-    at = data.find(needle)
-    assert at >= 0, "stored bytes not found in the file"
-    for i in range(at + offset, at + offset + count):
-        data[i] ^= 0x5A
+    places = all_places(data, needle)
+    assert places, "stored bytes not found in the file"
+    for at in places:
+        for i in range(at + offset, at + offset + count):
+            data[i] ^= 0x5A
     path.write_bytes(bytes(data))
 
 
