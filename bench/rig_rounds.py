@@ -1,4 +1,5 @@
-"""Per-round figures of a `compare.sh` results file: edge-agent against Node-RED.
+"""Per-round figures of a `compare.sh` results file (edge-agent against Node-RED) or of a
+`bench/ab_rig.sh` one (build A against build B).
 
 `compare.sh` prints medians, and CPU-s per 1000 readings to three places only; this reads the
 JSON lines it wrote (its last line names the file) and prints, for each side, the range and
@@ -6,6 +7,7 @@ median over rounds of CPU per reading (µs, from `cpu_s / readings`), share of t
 delivered share, p50 and p99 latency, peak RSS and host load, then the ratio per round.
 
 usage: python3 bench/rig_rounds.py /tmp/peers-runs/compare-<date>.jsonl
+       python3 bench/rig_rounds.py /tmp/peers-runs/ab-<date>.jsonl
 """
 
 from __future__ import annotations
@@ -40,16 +42,24 @@ FIGURES: list[tuple[str, Callable[[dict[str, Any]], float], str]] = [
 def main(path: str) -> None:
     with open(path) as lines:
         runs = [json.loads(line) for line in lines if line.strip()]
-    agent = [r for r in runs if r.get("sut") != "node-red"]
-    peer = [r for r in runs if r.get("sut") == "node-red"]
-    rounds = min(len(agent), len(peer))  # a file compare.sh is still writing: whole rounds
+    if any(str(r.get("label", "")).startswith("ab-") for r in runs):  # ab_rig.sh's sides
+        first, second = "A", "B"
+        agent = [r for r in runs if str(r.get("label", "")).startswith("ab-A-")]
+        peer = [r for r in runs if str(r.get("label", "")).startswith("ab-B-")]
+    else:
+        first, second = "edge-agent", "Node-RED"
+        agent = [r for r in runs if r.get("sut") != "node-red"]
+        peer = [r for r in runs if r.get("sut") == "node-red"]
+    rounds = min(len(agent), len(peer))  # a file still being written: whole rounds
     agent, peer = agent[:rounds], peer[:rounds]
     for name, figure, fmt in FIGURES:
-        print(f"{name:20} edge-agent {spread([figure(r) for r in agent], fmt):28} "
-              f"Node-RED {spread([figure(r) for r in peer], fmt)}")
+        print(f"{name:20} {first} {spread([figure(r) for r in agent], fmt):28} "
+              f"{second} {spread([figure(r) for r in peer], fmt)}")
+    if first == "A":  # a change: B against A
+        agent, peer, first, second = peer, agent, second, first
     ratios = [round(us_per_reading(a) / us_per_reading(p), 3)
               for a, p in zip(agent, peer, strict=True)]
-    print("CPU per reading, agent / Node-RED, per round:", ratios)
+    print(f"CPU per reading, {first} / {second}, per round:", ratios)
     medians = statistics.median(map(us_per_reading, agent)) / statistics.median(
         map(us_per_reading, peer))
     print(f"ratio of the medians: {medians:.3f}")
