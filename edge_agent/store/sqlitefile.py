@@ -66,7 +66,7 @@ def connect(path: Path, wal: bool = True) -> sqlite3.Connection:
             # Debian's SQLite zeroes deleted content by default: a page that an acknowledged
             # row leaves empty is then written to the WAL again, a page per deleted row. The
             # rows are telemetry the broker already has, never a secret: no need to zero them
-            # (docs/performance.md, "Durable buffer": one WAL frame fewer per commit)
+            # (docs/performance.md, "What changed, measured": a WAL frame fewer per commit)
             db.execute("PRAGMA secure_delete=OFF")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
