@@ -43,25 +43,25 @@ def main(path: str) -> None:
     with open(path) as lines:
         runs = [json.loads(line) for line in lines if line.strip()]
     if any(str(r.get("label", "")).startswith("ab-") for r in runs):  # ab_rig.sh's sides
-        first, second = "A", "B"
-        agent = [r for r in runs if str(r.get("label", "")).startswith("ab-A-")]
-        peer = [r for r in runs if str(r.get("label", "")).startswith("ab-B-")]
+        sides = [(side, [r for r in runs if str(r.get("label", "")).startswith(f"ab-{side}-")])
+                 for side in ("A", "B")]
+        over, under = 1, 0  # a change: B against A
     else:
-        first, second = "edge-agent", "Node-RED"
-        agent = [r for r in runs if r.get("sut") != "node-red"]
-        peer = [r for r in runs if r.get("sut") == "node-red"]
-    rounds = min(len(agent), len(peer))  # a file still being written: whole rounds
-    agent, peer = agent[:rounds], peer[:rounds]
+        sides = [("edge-agent", [r for r in runs if r.get("sut") != "node-red"]),
+                 ("Node-RED", [r for r in runs if r.get("sut") == "node-red"])]
+        over, under = 0, 1
+    rounds = min(len(side_runs) for _, side_runs in sides)  # a file still being written
+    sides = [(name, side_runs[:rounds]) for name, side_runs in sides]
+    (first, first_runs), (second, second_runs) = sides
     for name, figure, fmt in FIGURES:
-        print(f"{name:20} {first} {spread([figure(r) for r in agent], fmt):28} "
-              f"{second} {spread([figure(r) for r in peer], fmt)}")
-    if first == "A":  # a change: B against A
-        agent, peer, first, second = peer, agent, second, first
-    ratios = [round(us_per_reading(a) / us_per_reading(p), 3)
-              for a, p in zip(agent, peer, strict=True)]
-    print(f"CPU per reading, {first} / {second}, per round:", ratios)
-    medians = statistics.median(map(us_per_reading, agent)) / statistics.median(
-        map(us_per_reading, peer))
+        print(f"{name:20} {first} {spread([figure(r) for r in first_runs], fmt):28} "
+              f"{second} {spread([figure(r) for r in second_runs], fmt)}")
+    (top, top_runs), (bottom, bottom_runs) = sides[over], sides[under]
+    ratios = [round(us_per_reading(a) / us_per_reading(b), 3)
+              for a, b in zip(top_runs, bottom_runs, strict=True)]
+    print(f"CPU per reading, {top} / {bottom}, per round:", ratios)
+    medians = statistics.median(map(us_per_reading, top_runs)) / statistics.median(
+        map(us_per_reading, bottom_runs))
     print(f"ratio of the medians: {medians:.3f}")
 
 

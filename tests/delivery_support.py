@@ -141,15 +141,22 @@ def flip_stored_bytes(path: Path, row_id: int, count: int = 4) -> tuple[str, int
         device, seq, stored = db.execute(
             "SELECT device, seq, payload FROM messages WHERE id = ?", (row_id,)).fetchone()
     db.close()
+    flip_every_copy(path, stored, offset=len(stored) // 2, count=count)
+    return device, seq
+
+
+def flip_every_copy(path: Path, needle: bytes, offset: int, count: int = 4) -> None:
+    """Changes `count` bytes at `offset` into every copy of `needle` in the file: damage
+    SQLite cannot see (page contents are not checksummed). Every copy, since the buffer does
+    not zero what it deletes or moves (`secure_delete` off): a page's free space may hold a
+    stale one, and the live copy need not be the first."""
     data = bytearray(path.read_bytes())
-    places = all_places(data, stored)  # stale copies too: see all_places
-    assert places, "the row's bytes are not in the file"
+    places = all_places(data, needle)
+    assert places, "the stored bytes are not in the file"
     for at in places:
-        middle = at + len(stored) // 2
-        for i in range(middle, middle + count):
+        for i in range(at + offset, at + offset + count):
             data[i] ^= 0x5A
     path.write_bytes(bytes(data))
-    return device, seq
 
 
 def all_places(data: bytes | bytearray, needle: bytes) -> list[int]:

@@ -16,7 +16,7 @@ import pytest
 
 from edge_agent.buffer import SqliteOutbox
 from edge_agent.outbox import MemoryOutbox, open_outbox
-from tests.delivery_support import all_places
+from tests.delivery_support import flip_every_copy
 
 
 class LogSink:
@@ -227,20 +227,6 @@ def _stored(path: Path, row_id: int) -> tuple[bytes, int]:
         return db.execute("SELECT payload, zipped FROM messages WHERE id = ?", (row_id,)).fetchone()
 
 
-def _flip_in_file(path: Path, needle: bytes, offset: int, count: int = 4) -> None:
-    """Changes `count` bytes of the file where `needle` is stored: damage SQLite cannot see
-    (page contents are not checksummed). Every copy is changed: the buffer does not zero
-    what it deletes or moves (`secure_delete` off), so a page's free space may hold a stale
-    one, and the live copy need not be the first."""
-    data = bytearray(path.read_bytes())
-    places = all_places(data, needle)
-    assert places, "stored bytes not found in the file"
-    for at in places:
-        for i in range(at + offset, at + offset + count):
-            data[i] ^= 0x5A
-    path.write_bytes(bytes(data))
-
-
 def _backlog(path: Path, devices: tuple[str, ...] = ("a", "b"), count: int = 400,
              log: Any = None) -> SqliteOutbox:
     """A closed buffer with `count` messages per device: the first rows plain, the rest
@@ -267,8 +253,8 @@ def test_a_damaged_row_of_each_storage_form_is_quarantined_and_the_rest_go_on(tm
     plain, plain_zipped = _stored(path, plain_id)
     zipped, zipped_flag = _stored(path, zipped_id)
     assert (plain_zipped, zipped_flag) == (0, 1)
-    _flip_in_file(path, plain, offset=20)  # bit rot inside JSON: still parses, wrong values
-    _flip_in_file(path, zipped, offset=len(zipped) // 2)  # zlib stream damaged
+    flip_every_copy(path, plain, offset=20)  # bit rot inside JSON: still parses, wrong values
+    flip_every_copy(path, zipped, offset=len(zipped) // 2)  # zlib stream damaged
 
     log = LogSink()
     outbox = SqliteOutbox(path, 1 << 30, log=log)
@@ -713,7 +699,7 @@ def test_a_backlog_after_a_restart_is_read_from_the_file_and_checked(tmp_path):
     path = tmp_path / "b.sqlite3"
     _backlog(path, devices=("a",), count=100)
     plain, _ = _stored(path, 7)
-    _flip_in_file(path, plain, offset=20)  # rotted while the agent was down
+    flip_every_copy(path, plain, offset=20)  # rotted while the agent was down
     outbox = SqliteOutbox(path, 1 << 30)
     queries = Queries(outbox)
     fill(outbox, "a", 5)  # live rows of the new process, after the backlog

@@ -58,16 +58,16 @@ def connect(path: Path, wal: bool = True) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     db.text_factory = bytes  # text is checked, not trusted: decoding happens in rows.decode
     try:
+        # Debian's SQLite zeroes deleted content by default: a page that an acknowledged row
+        # leaves empty is then written again, a page per deleted row. The rows are telemetry
+        # the broker already has, never a secret: no need to zero them (docs/performance.md,
+        # "What changed, measured": a WAL frame fewer per commit)
+        db.execute("PRAGMA secure_delete=OFF")
         if wal:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != b"wal" and mode.lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot use WAL journal mode (got {mode!r})")
             db.execute("PRAGMA synchronous=NORMAL")
-            # Debian's SQLite zeroes deleted content by default: a page that an acknowledged
-            # row leaves empty is then written to the WAL again, a page per deleted row. The
-            # rows are telemetry the broker already has, never a secret: no need to zero them
-            # (docs/performance.md, "What changed, measured": a WAL frame fewer per commit)
-            db.execute("PRAGMA secure_delete=OFF")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer thread does it
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         db.executescript(SCHEMA)
