@@ -9,7 +9,13 @@ Why it is shaped this way:
   the OS page cache), and the event loop never waits for an fsync; after a power cut the
   last transactions since the WAL was synced (each second) may be missing.
 - The WAL's fsync and the checkpoints run in a thread of their own, which also watches the
-  file (`edge_agent.store.checkpoint`).
+  file (`edge_agent.store.checkpoint`). The fsync is skipped when every committed message
+  has been acknowledged (nothing owed can be lost): the file records the boot it is open
+  on, so a start after the machine went down under the agent knows its last commits may be
+  missing and resumes the seqs after their reservation (`edge_agent.store.boot`). The
+  thread sleeps until a commit has held an unacknowledged message for SYNC_EVERY (a timer
+  on the loop, armed by `flush`, cancelled by the `ack` that empties the outbox), and the
+  file watch runs on the loop too, once a SYNC_EVERY at most, while commits come.
 - Acknowledgements delete their rows in the next flush's transaction, so a poll costs one
   commit, not two. Until then the rows are counted as gone and never fetched again.
 - Every row carries a CRC32 and is checked on the way out (`edge_agent.store.rows`). A
@@ -51,6 +57,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -62,7 +69,8 @@ from pathlib import Path
 from typing import Any
 from zlib import crc32
 
-from edge_agent.store.checkpoint import Checkpointer, file_identity
+from edge_agent.store import boot
+from edge_agent.store.checkpoint import SYNC_EVERY, Checkpointer, file_identity
 from edge_agent.store.drops import DropEpisodes, FailureEpisodes
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
@@ -140,6 +148,14 @@ class SqliteOutbox:
         self._checkpointer: Checkpointer | None = None
         self._last_id = 0
         self._depth = 0
+        self._boot = boot.current_boot()
+        #: the file records the boot it is open on (durably): the fsync may be skipped when
+        #: nothing is owed, a power cut's lost seqs are caught at the next start
+        self._marked = False
+        #: the machine went down while an agent had the file open (found at start)
+        self._went_down = False
+        self._sync_timer: asyncio.TimerHandle | None = None  # wakes the buffer thread
+        self._watch_at = 0.0  # monotonic time of the loop's next look at the file
         self._bytes = 0
         self._episodes = DropEpisodes(log, max_bytes)
         self._retries = FailureEpisodes(log, "buffer_durable_retry", path=str(self.path))
@@ -149,7 +165,7 @@ class SqliteOutbox:
         except (sqlite3.Error, OSError) as exc:
             self._start_degraded(exc)
             return
-        self.seqs.resume(stored, generation)
+        self.seqs.resume(stored, generation, trusted=not self._went_down)
         self._forget_fresh()
         self._start_checkpointer()
 
@@ -200,6 +216,7 @@ class SqliteOutbox:
             depth, size, last = db.execute(
                 f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0), coalesce(max(id), 0) "
                 "FROM messages").fetchone()
+            self._mark_open(db)
         except BaseException:
             db.close()
             raise
@@ -211,8 +228,52 @@ class SqliteOutbox:
                       size_bytes=size)
         return seqs, generation
 
+    def _mark_open(self, db: sqlite3.Connection) -> None:
+        """Records the boot the file is open on, synced before anything is published."""
+        if self._boot is None:
+            self._marked = False  # no boot id: every commit is synced, as before
+            return
+        db.execute("PRAGMA synchronous=FULL")  # this one commit fsyncs the WAL
+        try:
+            found = boot.swap_marker(db, self._boot)
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        self._marked = True
+        if boot.went_down_under(found, self._boot):
+            self._went_down = True
+            self._log("warning", "buffer_opened_after_machine_restart", path=str(self.path),
+                      detail="the machine went down while an agent had the buffer open: "
+                             "commits of its last second may be missing")
+
+    def _owes_sync(self) -> bool:
+        """On the buffer thread: whether a commit may hold a message not yet acknowledged
+        (rows still pending count: their commit may have just returned)."""
+        return self._depth > 0 or bool(self._pending)
+
     def _start_checkpointer(self) -> None:
-        self._checkpointer = Checkpointer(self.path, file_identity(self.path), self.log)
+        self._checkpointer = Checkpointer(
+            self.path, file_identity(self.path), self.log,
+            owes_sync=self._owes_sync if self._marked else None)
+
+    def _arm_sync(self) -> None:
+        """After a commit that left messages unacknowledged: the buffer thread looks in
+        SYNC_EVERY unless the outbox empties first (outside an event loop: now)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._sync_due()
+            return
+        self._sync_timer = loop.call_later(SYNC_EVERY, self._sync_due)
+
+    def _sync_due(self) -> None:
+        self._sync_timer = None
+        if self._checkpointer is not None:
+            self._checkpointer.wake()
+
+    def _disarm_sync(self) -> None:
+        timer, self._sync_timer = self._sync_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _stop_checkpointer(self) -> None:
         if self._checkpointer is not None:
@@ -230,7 +291,9 @@ class SqliteOutbox:
                 stored, generation = read_header(source)
                 self._last_id = source.execute(
                     "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-        self.seqs.resume(stored, generation)
+            with contextlib.suppress(sqlite3.Error):
+                self._went_down = boot.went_down_under(boot.read_marker(source), self._boot)
+        self.seqs.resume(stored, generation, trusted=not self._went_down)
         self._degrade(exc, "open", source)
         if source is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -266,7 +329,12 @@ class SqliteOutbox:
         added = sum(row_size(row[3], row[4]) for row in rows)
         acked, bad = self._acked, self._bad
         try:
-            db.execute("BEGIN")
+            # IMMEDIATE: the write lock at once, through the busy handler. A deferred BEGIN
+            # reads first (the acknowledged rows' sizes), and a write by the buffer thread
+            # in between (its WAL restart) then failed the upgrade with `database is
+            # locked` at once (SQLITE_BUSY_SNAPSHOT: no busy wait), sending the buffer to
+            # memory
+            db.execute("BEGIN IMMEDIATE")
             removed, freed_by_acks = delete_rows(db, acked) if acked else (0, 0)
             moved, freed_by_bad = quarantine_rows(db, bad) if bad else (0, 0)
             db.executemany(INSERT, rows)
@@ -285,6 +353,8 @@ class SqliteOutbox:
         self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
         self._bytes += added - freed - freed_by_acks - freed_by_bad
         self._keep_fresh(cutoff, bool(acked or bad))
+        if self._depth and self._sync_timer is None and self._marked:
+            self._arm_sync()
         self._pending.clear()
         seqs.clear()
         self._acked = []
@@ -418,6 +488,8 @@ class SqliteOutbox:
         if ids:
             self._gone_max = max(self._gone_max, max(ids))
         self._depth -= len(ids)
+        if not self._depth and self._sync_timer is not None:
+            self._disarm_sync()  # delivered before the thread had to look: nothing owed
 
     def quarantine(self, row: Row, reason: str) -> None:
         """A row the publisher cannot use (e.g. it does not encode): set aside like a bad
@@ -465,12 +537,15 @@ class SqliteOutbox:
         }
 
     def close(self) -> None:
+        self._disarm_sync()
         if self._memory is not None:
             self._retry_at = 0.0  # a last try: what memory holds survives if the disk lets it
         self.flush()
         self._stop_checkpointer()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
+                if self._marked:
+                    boot.clear_marker(self._db)  # synced by the checkpoint
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._close_db()
         self._log("info", "buffer_closed", path=str(self.path), kept=self.depth(),
@@ -492,10 +567,19 @@ class SqliteOutbox:
             self._degrade(exc, during)
 
     def _check_file(self) -> None:
-        """Acts on what the checkpoint thread saw: the file deleted or replaced."""
+        """Acts on the file deleted or replaced: seen by the buffer thread, or here, once a
+        SYNC_EVERY at most (the thread may be parked for longer)."""
         checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.file_problem is not None:
-            self._rebuild(checkpointer.file_problem, aside="replaced")
+        if checkpointer is None:
+            return
+        if checkpointer.file_problem is None:
+            now = time.monotonic()
+            if now < self._watch_at:
+                return
+            self._watch_at = now + SYNC_EVERY
+            if checkpointer.watch() is None:
+                return
+        self._rebuild(checkpointer.file_problem or "the buffer file was lost", aside="replaced")
 
     def _rebuild(self, problem: str, aside: str) -> None:
         """Copies every readable row, as stored, into a new file that takes the path.

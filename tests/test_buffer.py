@@ -499,17 +499,47 @@ def test_the_wal_is_cut_back_after_checkpoints(tmp_path):
 
     path = tmp_path / "b.sqlite3"
     outbox = SqliteOutbox(path, 1 << 30)
-    for _ in range(30):  # ~15 MB through the WAL, acknowledged as it goes
+    wal = tmp_path / "b.sqlite3-wal"
+    for _ in range(30):  # ~15 MB through the WAL (past its limit), acknowledged as it goes
         ids = fill(outbox, "a", 50, size=10_000)
         outbox.ack(ids)
-    wal = tmp_path / "b.sqlite3-wal"
-    assert wal.stat().st_size > WAL_SIZE_LIMIT
 
     def cut_back() -> bool:
         fill(outbox, "a", 1)  # the next write after a complete checkpoint restarts the WAL
         return wal.stat().st_size <= WAL_SIZE_LIMIT
     wait_until(cut_back, timeout=10, interval=0.2, what="the WAL to be truncated")
     assert outbox.stats()["wal_bytes"] <= WAL_SIZE_LIMIT
+    assert outbox._checkpointer is not None and outbox._checkpointer.checkpoints >= 1
+    outbox.close()
+
+
+def test_a_write_of_the_buffer_thread_during_a_commit_never_sends_the_buffer_to_memory(
+        tmp_path, monkeypatch):
+    """The buffer thread writes to the file too (its WAL restart). A commit that read before
+    it took the write lock found that write in between and failed at once (`database is
+    locked`, no busy wait), and the buffer went to memory: the commit takes the lock first."""
+    import edge_agent.buffer as buffer_module
+
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    ids = fill(outbox, "a", 3)
+    outbox.ack(ids)  # the next commit starts by reading their sizes
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    refused: list[str] = []
+    real_delete_rows = buffer_module.delete_rows
+
+    def thread_writes_meanwhile(db, acked):
+        try:
+            other.execute("INSERT OR REPLACE INTO meta VALUES ('wal_restarted', 'x')")
+        except sqlite3.OperationalError as exc:
+            refused.append(str(exc))  # it waits for the commit instead (busy handler)
+        return real_delete_rows(db, acked)
+    monkeypatch.setattr(buffer_module, "delete_rows", thread_writes_meanwhile)
+    fill(outbox, "a", 1)
+    assert outbox.degraded is None
+    assert refused and "locked" in refused[0]
+    assert [row.seq for row in outbox.fetch(0, 10)] == [4]
+    other.close()
     outbox.close()
 
 

@@ -10,7 +10,8 @@ and records each device's block as (base, reserved), the first seq of the block 
 last one it allows.
 
 On start the buffer's seq is trusted when the buffer is the one the state file was
-written with (same `generation`) and has reached the current block (seq >= base - 1).
+written with (same `generation`), has reached the current block (seq >= base - 1), and the
+machine did not go down under it (`edge_agent.store.boot`: its last commits may be missing).
 Every known device gets its next block in the one write at start, so a hundred devices do
 not cost a hundred fsyncs on their first messages.
 Otherwise numbers up to `reserved` may have been used: the device continues after
@@ -64,9 +65,12 @@ class SeqAllocator:
             self.state.save({"format": FORMAT, "generation": self.generation,
                              "devices": {d: list(b) for d, b in self._blocks.items()}})
 
-    def resume(self, stored: dict[str, int], generation: str | None) -> None:
+    def resume(self, stored: dict[str, int], generation: str | None,
+               trusted: bool = True) -> None:
         """Starts from the buffer's seqs (`stored`, from the buffer `generation`), or after
-        the reservations where the buffer cannot be trusted; then pairs the state with it."""
+        the reservations where the buffer cannot be trusted (another buffer, or `trusted`
+        False: the machine went down under it, so its last commits may be missing); then
+        pairs the state with it."""
         body = self.state.load() if self.state is not None else None
         devices = body.get("devices") if isinstance(body, dict) else None
         same_buffer = isinstance(body, dict) and body.get("generation") == generation
@@ -79,7 +83,7 @@ class SeqAllocator:
         current = dict(stored)
         for device, (base, reserved) in blocks.items():
             last = stored.get(device, 0)
-            if same_buffer and generation is not None and last >= base - 1:
+            if trusted and same_buffer and generation is not None and last >= base - 1:
                 continue
             current[device] = max(last, reserved)
             gap = reserved - base + 1
@@ -87,7 +91,8 @@ class SeqAllocator:
             if self.log is not None:
                 self.log.warning("seq_resumed_after_reservation", device=device,
                                  buffer_seq=last, resumed_after=current[device],
-                                 gap_at_most=gap, same_buffer=same_buffer)
+                                 gap_at_most=gap, same_buffer=same_buffer,
+                                 machine_restarted=not trusted)
         self.current.update(current)
         self.dirty.update(current)
         for device, last in current.items():  # one write for every known device's block
