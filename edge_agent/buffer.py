@@ -70,7 +70,7 @@ from typing import Any
 from zlib import crc32
 
 from edge_agent.store import boot
-from edge_agent.store.checkpoint import SYNC_EVERY, Checkpointer, file_identity
+from edge_agent.store.checkpoint import PARKED_EVERY, SYNC_EVERY, Checkpointer, file_identity
 from edge_agent.store.drops import DropEpisodes, FailureEpisodes
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
@@ -251,17 +251,23 @@ class SqliteOutbox:
         return self._depth > 0 or bool(self._pending)
 
     def _start_checkpointer(self) -> None:
+        """The thread parks where there is an event loop to time its wake-ups (the agent);
+        elsewhere (scripts, bench/) it looks every SYNC_EVERY."""
+        try:
+            asyncio.get_running_loop()
+            parked_every: float | None = PARKED_EVERY if self._marked else None
+        except RuntimeError:
+            parked_every = None
         self._checkpointer = Checkpointer(
             self.path, file_identity(self.path), self.log,
-            owes_sync=self._owes_sync if self._marked else None)
+            owes_sync=self._owes_sync if self._marked else None, parked_every=parked_every)
 
     def _arm_sync(self) -> None:
         """After a commit that left messages unacknowledged: the buffer thread looks in
-        SYNC_EVERY unless the outbox empties first (outside an event loop: now)."""
+        SYNC_EVERY unless the outbox empties first (no event loop: it looks each second)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._sync_due()
             return
         self._sync_timer = loop.call_later(SYNC_EVERY, self._sync_due)
 

@@ -9,6 +9,7 @@ without a restart of the machine (the page cache keeps every commit) must not.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -128,3 +129,28 @@ def test_without_a_boot_id_every_commit_is_synced(tmp_path, monkeypatch):
     assert syncs >= 1 and skipped == 0  # a power cut could not be told from a crash
     outbox.close()
     assert _marker(tmp_path / "b.sqlite3") is None
+
+
+def test_in_the_agent_the_thread_is_woken_only_for_a_message_unacknowledged_for_a_second(
+        tmp_path):
+    """On an event loop the thread parks: a commit arms a one-second timer, the
+    acknowledgement that empties the outbox disarms it (no wake-up at idle); a message left
+    unacknowledged wakes the thread, which syncs it."""
+    async def scenario() -> None:
+        outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 20)
+        checkpointer = outbox._checkpointer
+        assert checkpointer is not None and checkpointer.parked_every is not None
+        ids = fill(outbox, "a", 1)
+        assert outbox._sync_timer is not None  # owed: the thread looks in a second
+        outbox.ack(ids)
+        assert outbox._sync_timer is None  # delivered first: nothing to wake it for
+        synced = checkpointer.syncs
+        fill(outbox, "a", 1)  # this one stays unacknowledged (the broker is away)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while checkpointer.syncs == synced:
+            assert loop.time() < deadline, "the owed message was never synced"
+            await asyncio.sleep(0.05)
+        assert outbox._sync_timer is None  # fired; the next commit arms it again
+        outbox.close()
+    asyncio.run(scenario())

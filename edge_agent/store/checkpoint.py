@@ -89,11 +89,13 @@ class Checkpointer:
     def __init__(self, path: Path, identity: tuple[int, int] | None, log: Any = None,
                  every: float = SYNC_EVERY, checkpoint_after: float = CHECKPOINT_AFTER,
                  owes_sync: Callable[[], bool] | None = None,
-                 parked_every: float = PARKED_EVERY) -> None:
+                 parked_every: float | None = None) -> None:
         self.path = path
         #: whether a commit may hold something the broker has not acknowledged (called on
-        #: this thread; None: always, and the thread looks every `every`, never parks)
+        #: this thread; None: always)
         self.owes_sync = owes_sync
+        #: None: the thread looks every `every`; else it parks (looks this often, or when
+        #: woken): for an owner that wakes it (`wake`) when a sync is owed
         self.parked_every = parked_every
         self.wal_path = path.with_name(path.name + "-wal")
         self.identity = identity
@@ -148,8 +150,8 @@ class Checkpointer:
             if self.file_problem is None:
                 self.tick()
             self.ticks += 1
-            parks = self.owes_sync is not None and not self.episodes.in_episode
-            wait = self.parked_every if parks else self.every
+            parked = self.parked_every
+            wait = parked if parked is not None and not self.episodes.in_episode else self.every
 
     def watch(self) -> str | None:
         """Sets and returns `file_problem` if the path no longer holds the open buffer.
