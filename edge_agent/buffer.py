@@ -543,10 +543,10 @@ class SqliteOutbox:
         }
 
     def close(self) -> None:
-        self._disarm_sync()
         if self._memory is not None:
             self._retry_at = 0.0  # a last try: what memory holds survives if the disk lets it
         self.flush()
+        self._disarm_sync()  # after the last commit, which may have armed it
         self._stop_checkpointer()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
