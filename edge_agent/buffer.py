@@ -148,10 +148,10 @@ class SqliteOutbox:
         self._checkpointer: Checkpointer | None = None
         self._last_id = 0
         self._depth = 0
+        #: this boot's id; where there is one, an open file records it (durably), so the
+        #: fsync may be skipped when nothing is owed: a power cut's lost seqs are caught at
+        #: the next start
         self._boot = boot.current_boot()
-        #: the file records the boot it is open on (durably): the fsync may be skipped when
-        #: nothing is owed, a power cut's lost seqs are caught at the next start
-        self._marked = False
         #: the machine went down while an agent had the file open (found at start)
         self._went_down = False
         self._sync_timer: asyncio.TimerHandle | None = None  # wakes the buffer thread
@@ -231,14 +231,12 @@ class SqliteOutbox:
     def _mark_open(self, db: sqlite3.Connection) -> None:
         """Records the boot the file is open on, synced before anything is published."""
         if self._boot is None:
-            self._marked = False  # no boot id: every commit is synced, as before
-            return
+            return  # no boot id: every commit is synced, as before
         db.execute("PRAGMA synchronous=FULL")  # this one commit fsyncs the WAL
         try:
             found = boot.swap_marker(db, self._boot)
         finally:
             db.execute("PRAGMA synchronous=NORMAL")
-        self._marked = True
         if boot.went_down_under(found, self._boot):
             self._went_down = True
             self._log("warning", "buffer_opened_after_machine_restart", path=str(self.path),
@@ -253,23 +251,19 @@ class SqliteOutbox:
     def _start_checkpointer(self) -> None:
         """The thread parks where there is an event loop to time its wake-ups (the agent);
         elsewhere (scripts, bench/) it looks every SYNC_EVERY."""
-        try:
-            asyncio.get_running_loop()
-            parked_every: float | None = PARKED_EVERY if self._marked else None
-        except RuntimeError:
-            parked_every = None
+        marked = self._boot is not None
+        parks = marked and _running_loop() is not None
         self._checkpointer = Checkpointer(
             self.path, file_identity(self.path), self.log,
-            owes_sync=self._owes_sync if self._marked else None, parked_every=parked_every)
+            owes_sync=self._owes_sync if marked else None,
+            parked_every=PARKED_EVERY if parks else None)
 
     def _arm_sync(self) -> None:
         """After a commit that left messages unacknowledged: the buffer thread looks in
         SYNC_EVERY unless the outbox empties first (no event loop: it looks each second)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._sync_timer = loop.call_later(SYNC_EVERY, self._sync_due)
+        loop = _running_loop()
+        if loop is not None:
+            self._sync_timer = loop.call_later(SYNC_EVERY, self._sync_due)
 
     def _sync_due(self) -> None:
         self._sync_timer = None
@@ -359,7 +353,7 @@ class SqliteOutbox:
         self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
         self._bytes += added - freed - freed_by_acks - freed_by_bad
         self._keep_fresh(cutoff, bool(acked or bad))
-        if self._depth and self._sync_timer is None and self._marked:
+        if self._depth and self._sync_timer is None and self._boot is not None:
             self._arm_sync()
         self._pending.clear()
         seqs.clear()
@@ -550,7 +544,7 @@ class SqliteOutbox:
         self._stop_checkpointer()
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
-                if self._marked:
+                if self._boot is not None:
                     boot.clear_marker(self._db)  # synced by the checkpoint
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._close_db()
@@ -578,14 +572,16 @@ class SqliteOutbox:
         checkpointer = self._checkpointer
         if checkpointer is None:
             return
-        if checkpointer.file_problem is None:
+        problem = checkpointer.file_problem
+        if problem is None:
             now = time.monotonic()
             if now < self._watch_at:
                 return
             self._watch_at = now + SYNC_EVERY
-            if checkpointer.watch() is None:
+            problem = checkpointer.watch()
+            if problem is None:
                 return
-        self._rebuild(checkpointer.file_problem or "the buffer file was lost", aside="replaced")
+        self._rebuild(problem, aside="replaced")
 
     def _rebuild(self, problem: str, aside: str) -> None:
         """Copies every readable row, as stored, into a new file that takes the path.
@@ -804,3 +800,11 @@ class SqliteOutbox:
     def _log(self, level: str, event: str, **fields: Any) -> None:
         if self.log is not None:
             getattr(self.log, level)(event, **fields)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop this thread runs, if any (the agent's; not a script's or bench/'s)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
