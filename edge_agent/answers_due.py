@@ -3,9 +3,9 @@
 A Modbus TCP link with several units behind it asks them one at a time, a few hundred
 microseconds apart; each answer would otherwise get its own commit, publish and PUBACK.
 A link counts itself in `ANSWERS_DUE.links` while it has a request in flight or queued;
-delivery then defers its flush (by at most `edge_agent.delivery.COALESCE_S`) until the
-busy links go idle or the next poll's readings arrive (`HOLD_POLLS`), so one commit
-covers several units' readings.
+delivery then defers its flush until the busy links go idle, it holds
+`edge_agent.delivery.MAX_HOLD_POLLS` polls, or the next answer would come over its latency
+budget (`HOLD_BUDGET_S`), so one commit covers several units' readings.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 `deliver` is the hot path: the output names the row (`Output.telemetry`), the outbox stores
 it, and one flush per event-loop iteration commits everything appended in it and pumps the
 publisher; while a link has answers due (`edge_agent.answers_due`: the units behind one
-Modbus TCP gateway, asked one after another) the flush waits for them, by COALESCE_S at most,
-and for HOLD_POLLS polls at most, so one commit, publish pump and PUBACK read cover
-several units' readings (docs/performance.md).
+Modbus TCP gateway, asked one after another) the flush waits for them within a latency
+budget (HOLD_BUDGET_S) and for MAX_HOLD_POLLS polls at most, so one commit, publish pump
+and PUBACK read cover several units' readings (docs/performance.md).
 A message leaves the outbox only when the broker acknowledged it (see
 `edge_agent.transport.mqtt`). The publisher is replaced when the MQTT settings change; this
 object stays, and is the `Link` outputs publish through, so they never hold a dead client.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from edge_agent import logs, tasks
@@ -28,16 +29,21 @@ from edge_agent.transport.mqtt import MessageHandler, MqttPublisher
 
 #: outstanding publish-latency probes kept at most (one per flushed batch; see deliver)
 MAX_LATENCY_PROBES = 4096
-#: how long a flush may wait for more answers due on a busy link (seconds, from the first
-#: reading it holds). uvloop's timers run on a clock kept in whole milliseconds, so a 1 ms
-#: timer fired after 0-1 ms and let go half the polls it was there to wait for (answers on
-#: the rig come 0.7 ms apart); 2 ms waits 1-2 ms, and HOLD_POLLS ends most waits earlier
-COALESCE_S = 0.002
-#: a deferred flush goes out once it holds this many polls' messages (or COALESCE_S has
-#: passed). A flush (commit, publish, PUBACK and its wake-up) costs about as much CPU as
-#: reading a poll; three polls a flush took 6 % less CPU than two on the rig, for 0.5 ms
-#: more p99 (the first poll of a batch waits for two answers, COALESCE_S at most)
-HOLD_POLLS = 3
+#: how long a flush may hold readings back while a busy link has answers due (seconds, from
+#: the first reading it holds). A flush (commit, publish, PUBACK and its wake-up) costs about
+#: as much CPU as reading a poll, so each answer it waits for saves CPU and adds latency. The
+#: budget is in time, not only a count of polls, so it adapts to the host: the batch goes out
+#: with the answer after which the next one (expected one average gap later) would come over
+#: budget, and a timer at the budget ends the wait for a unit that does not answer (uvloop's
+#: timers run on a clock in whole milliseconds: it fires after 2-3 ms). 4 ms saved no more
+#: CPU than 3 on the rig (docs/performance.md, "What changed, measured")
+HOLD_BUDGET_S = 0.003
+#: ... and it goes out once it holds this many polls: on the rig (answers 0.4-0.7 ms apart)
+#: five polls a flush took 13 % less CPU than three. The budget alone let batches of up to
+#: ten through, and p99 was 1.8 times as long (docs/performance.md, "What changed, measured")
+MAX_HOLD_POLLS = 5
+#: weight of the newest gap in the running average of the gaps between held answers
+GAP_WEIGHT = 0.125
 
 
 class Delivery:
@@ -59,6 +65,9 @@ class Delivery:
         self._flush_scheduled = False
         self._flush_timer: asyncio.TimerHandle | None = None  # a deferred flush
         self._held = 0  # polls the deferred flush holds
+        self._held_since = 0.0  # perf_counter() of the deferred flush's first reading
+        self._last_answer_at = 0.0  # ... and of its latest
+        self._gap = HOLD_BUDGET_S / 4  # running average of the gaps between held answers
         self._published_before = 0  # by publishers replaced on reload
         self._latency_probes: dict[int, int] = {}  # outbox row id -> read ts (ms)
 
@@ -69,12 +78,16 @@ class Delivery:
         topic, payload = self._output.telemetry(device, seq, readings)
         row_id = outbox.append(device, seq, topic, payload)
         if self._flush_scheduled:
-            # a deferred flush waits for answers still due: none are, or it holds enough
-            # polls now: flush in this iteration
+            # a deferred flush waits for answers still due: none are, it holds enough polls,
+            # or the next answer would come over the budget: flush in this iteration
             timer = self._flush_timer
             if timer is not None:
+                now = perf_counter()
+                gap = self._gap = self._gap + (now - self._last_answer_at - self._gap) * GAP_WEIGHT
+                self._last_answer_at = now
                 self._held += 1
-                if self._held >= HOLD_POLLS or not ANSWERS_DUE.links:
+                if (not ANSWERS_DUE.links or self._held >= MAX_HOLD_POLLS
+                        or now - self._held_since + gap > HOLD_BUDGET_S):
                     timer.cancel()
                     self._flush_timer = None
                     self._loop.call_soon(self.flush)
@@ -84,7 +97,8 @@ class Delivery:
             self._latency_probes[row_id] = ts_ms
         if ANSWERS_DUE.links:
             self._held = 1
-            self._flush_timer = self._loop.call_later(COALESCE_S, self.flush)
+            self._held_since = self._last_answer_at = perf_counter()
+            self._flush_timer = self._loop.call_later(HOLD_BUDGET_S, self.flush)
         else:
             self._loop.call_soon(self.flush)
 
