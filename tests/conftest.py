@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,10 @@ def simulators() -> Iterator[SimulatorThread]:
     sims.close()
 
 
+#: lines of each agent's log printed with a failing test (a flake leaves nothing else behind)
+LOG_TAIL_LINES = 60
+
+
 @pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator:
     started: list[AgentProcess] = []
@@ -47,3 +52,7 @@ def start_agent(tmp_path: Path) -> Iterator:
     for agent in started:
         if agent.process and agent.process.poll() is None:
             agent.kill()
+    for agent in dict.fromkeys(started):  # pytest shows this only when the test failed
+        with contextlib.suppress(OSError):
+            tail = agent.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            print(f"--- the last {len(tail)} lines of {agent.log_path.name} ---", *tail, sep="\n")
