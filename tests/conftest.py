@@ -52,7 +52,7 @@ def start_agent(tmp_path: Path) -> Iterator:
     for agent in started:
         if agent.process and agent.process.poll() is None:
             agent.kill()
-    for agent in dict.fromkeys(started):  # pytest shows this only when the test failed
+    for agent in started:  # printed, pytest shows it only when the test failed
         with contextlib.suppress(OSError):
             tail = agent.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
             print(f"--- the last {len(tail)} lines of {agent.log_path.name} ---", *tail, sep="\n")

@@ -178,28 +178,3 @@ def test_a_busy_link_flushes_once_the_held_polls_reach_max_hold_polls(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # answers close together: the budget would hold ten; the cap sends them in fours
     assert batch_sizes(monkeypatch, 0.0001, 12, max_hold_polls=4) == [4, 4, 4]
-
-
-def test_a_held_batch_goes_at_once_when_no_answers_are_due_any_more(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery_module, "HOLD_BUDGET_S", 60.0)  # only the link ends the wait
-
-    async def test() -> None:
-        log = CommitLog()
-        delivery = delivery_on(log)
-        with a_link_busy():
-            delivery.deliver("u1", [], 0)
-            delivery.deliver("u2", [], 0)
-            for _ in range(5):
-                await asyncio.sleep(0)
-            assert log.commits == []
-        delivery.deliver("u0", [], 0)  # no answers due: the held batch goes at once
-        await asyncio.wait_for(committed_count(log, 1), 10)
-        assert log.commits == [[1, 1, 1]]
-
-    asyncio.run(test())
-
-
-async def committed_count(log: CommitLog, count: int) -> None:
-    while len(log.commits) < count:
-        await asyncio.sleep(0.001)

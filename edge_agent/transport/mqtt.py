@@ -78,6 +78,7 @@ def _send_at_once(client: paho.Client, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(OSError):
             setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+
 class _Session:
     """One paho client and one connection; its in-flight window dies with it."""
 
