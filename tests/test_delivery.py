@@ -95,6 +95,27 @@ def test_broker_down_30s_while_5_devices_poll_at_10hz_loses_nothing(broker, star
         sims.close()
 
 
+def test_at_qos0_every_reading_arrives_and_the_outbox_empties_as_it_is_written(
+        broker, start_agent, tmp_path):
+    """QoS 0 has no PUBACK: a message leaves the outbox once the socket has taken it whole
+    (LeanClient's short road reports it as paho's writer would)."""
+    sims = run_sims(modbus_devices(3, interval=0.05))
+    sub = PersistentSubscriber(broker.port)
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        agent = start_agent(agent_config(sims, broker.url, buffer, qos=0))
+        wait_until(lambda: each_device_has(sub, 3, 40), what="40 messages per device")
+        assert agent.stop() == 0
+        last, kept = buffer_state(buffer)
+        assert kept == 0  # every message published was reported written
+        wait_until(lambda: each_device_has(sub, 3, min(last.values())), timeout=10,
+                   what="every seq at the subscriber")
+        assert gaps_and_duplicates(sub.seqs(), last) == (0, 0)
+    finally:
+        sub.close()
+        sims.close()
+
+
 def _latest_per_device(sub: PersistentSubscriber) -> dict[str, dict]:
     latest: dict[str, dict] = {}
     for message in sub.messages():

@@ -45,7 +45,9 @@ def test_paho_is_the_release_the_short_roads_were_checked_against() -> None:
     for name in ("_packet_handle", "_do_on_publish", "_packet_queue", "_loop_rc_handle",
                  "_mid_generate", "_sock_recv", "_easy_log", "_out_messages",
                  "_out_message_mutex", "_msgtime_mutex", "_in_packet", "_inflight_messages",
-                 "_max_inflight_messages", "_max_queued_messages", "_sock", "_protocol"):
+                 "_max_inflight_messages", "_max_queued_messages", "_sock", "_protocol",
+                 "_callback_mutex", "_in_callback_mutex", "_callback_api_version",
+                 "_userdata", "_on_publish", "suppress_exceptions"):
         assert hasattr(client, name), name
 
 
@@ -183,10 +185,79 @@ def test_a_publish_on_paho_s_road_while_corked_goes_after_what_is_held(
     lean.client.cork()
     for one in pair:
         one.client.publish("a/1", b"1", 1)
-        one.client.publish("a/2", b"2", 0)  # QoS 0: paho's road, written at once
+        one.client.publish("a/2", b"2", 2)  # QoS 2: paho's road, written at once
         one.client.publish("a/3", b"3", 1)
     lean.client.uncork()
     assert plain.written() == lean.written()
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_qos0_publish_is_the_packet_paho_sends_and_is_published_once_written(
+        pair: tuple[_Wired, _Wired]) -> None:
+    plain, lean = pair
+    for retain in (False, True):
+        for payload in PAYLOADS:
+            infos = [one.client.publish("site/dev-1/telemetry", payload, 0, retain)
+                     for one in pair]
+            assert plain.written() == lean.written()
+            assert [(i.mid, i.rc, i.is_published()) for i in infos] == [
+                (infos[0].mid, 0, True)] * 2
+    assert lean.published == plain.published
+    assert len(lean.published) == 2 * len(PAYLOADS)
+    assert not lean.client._out_messages and lean.client._inflight_messages == 0
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_corked_qos0_and_qos1_leave_in_one_write_and_qos0_is_published_then(
+        pair: tuple[_Wired, _Wired]) -> None:
+    """Sparkplug's births (QoS 0) and data (QoS 1) of one flush: one send, paho's bytes,
+    and each QoS 0 message reported published only once the socket has taken it."""
+    plain, lean = pair
+    counting = _CountingSocket(lean.ours)
+    lean.client._sock = counting
+    lean.client.cork()
+    infos = []
+    for n in range(6):
+        for one in pair:
+            infos.append(one.client.publish(f"spBv1.0/g/DDATA/n/d{n}", b"m" * (50 + n), n % 2))
+    assert lean.published == [] and counting.sends == 0  # held: not written, not published
+    assert not any(info.is_published() for info in infos[1::2])
+    assert lean.client.uncork() == 0
+    assert counting.sends == 1
+    assert plain.written() == lean.written() != b""
+    assert lean.published == plain.published
+    assert [mid for mid, _, _ in lean.published] == [1, 3, 5]  # the QoS 0 ones
+    assert lean.client._inflight_messages == plain.client._inflight_messages == 3
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_qos0_packet_the_socket_takes_in_part_is_published_when_paho_has_written_it(
+        pair: tuple[_Wired, _Wired]) -> None:
+    plain, lean = pair
+    out = []
+    lean.client.cork()
+    for one in pair:
+        one.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for n in range(4):
+            one.client.publish(f"big/{n}", bytes([65 + n]) * 100_000, 0)
+    lean.client.uncork()
+    for one in pair:
+        assert one.client.want_write()  # the rest waits in paho's queue
+        assert len(one.published) < 4  # not reported before it is written whole
+        out.append(one.written_to_the_end())
+    assert out[0] == out[1]
+    assert len(out[1]) > 400_000
+    assert lean.published == plain.published
+    assert [mid for mid, _, _ in lean.published] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_a_qos0_publish_not_connected_is_paho_s(pair: tuple[_Wired, _Wired]) -> None:
+    for one in pair:
+        one.client._sock = None
+    infos = [one.client.publish("a/b", b"3", 0) for one in pair]
+    assert infos[0].rc == infos[1].rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+    assert pair[0].published == pair[1].published == []
 
 
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
@@ -244,7 +315,7 @@ def test_a_publish_from_a_callback_is_queued_as_paho_queues_it(
 
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_what_the_short_road_leaves_to_paho_is_paho_s(pair: tuple[_Wired, _Wired]) -> None:
-    """Full window, queue limit, not connected, QoS 0 and 2, properties, bad topics: paho."""
+    """Full window, queue limit, not connected, QoS 2, text payloads, bad topics: paho."""
     plain, lean = pair
     for one in pair:
         one.client.max_inflight_messages_set(1)
@@ -347,11 +418,12 @@ def test_five_remaining_length_bytes_are_not_mqtt() -> None:
         lean.close()
 
 
+@pytest.mark.parametrize("qos", [0, 1])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_short_roads_against_mosquitto(mosquitto: Mosquitto, protocol: int,
+def test_short_roads_against_mosquitto(mosquitto: Mosquitto, protocol: int, qos: int,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every QoS 1 publish takes the short road out and its PUBACK the short road in, and
-    a subscriber gets exactly what was published."""
+    """Every publish takes the short road out (and at QoS 1 its PUBACK the short road in),
+    and a subscriber gets exactly what was published."""
     handled: list[int] = []
     slow_publishes: list[str] = []
     original_handle, original_publish = paho.Client._packet_handle, paho.Client.publish
@@ -393,7 +465,7 @@ def test_short_roads_against_mosquitto(mosquitto: Mosquitto, protocol: int,
         while not lean.is_connected():
             select.select([lean.socket()], [], [], 1)
             assert lean.loop_read() == 0
-        mids = [lean.publish(topic, payload, 1, retain).mid
+        mids = [lean.publish(topic, payload, qos, retain).mid
                 for topic, payload, retain in expected]
         while len(acked) < len(mids):
             while lean.want_write():

@@ -1,11 +1,11 @@
-"""paho-mqtt's Client with shorter roads for QoS 1 telemetry: PUBLISH out, PUBACK in.
+"""paho-mqtt's Client with shorter roads for telemetry: QoS 0/1 PUBLISH out, PUBACK in.
 
 Why: on the peer rig (one QoS 1 message per poll, ~100 a second) paho's per-message work was
 the largest item of the agent's main thread (cProfile, docs/performance.md): each PUBACK is
 read with three `recv` calls, decoded into a new ReasonCode and a new Properties object even
 on MQTT 3.1.1, and logged through `_easy_log`; each publish validates, logs and packs the
 packet through several layers. This subclass keeps paho for everything else (connect, TLS,
-keepalive, subscriptions, the will, MQTT 5 properties and failure reason codes, QoS 0 and 2,
+keepalive, subscriptions, the will, MQTT 5 properties and failure reason codes, QoS 2,
 queueing while the in-flight window is full or the client is not connected) and takes a
 shorter road only where the outcome is the same:
 
@@ -19,6 +19,12 @@ shorter road only where the outcome is the same:
   (connected, room in the in-flight window, no queue limit), with the same MQTTMessage
   bookkeeping paho keeps, and writes it to the socket itself when nothing is queued before
   it (else, and from inside a callback, it goes to paho's `_packet_queue`).
+- A QoS 0 PUBLISH without properties takes the same road (paho sends QoS 0 whatever the
+  window and the queue limit): once the socket has taken the whole packet, `on_publish`
+  gets the call paho's writer makes (the mid, Success, no properties) and the message info
+  is marked published; a packet the socket takes only in part goes to paho's queue, whose
+  writer makes that call when it has written the rest. So QoS 0 publishes are corked into
+  one write too (Sparkplug's births and the agent at `mqtt.qos: 0`).
 
 What differs: paho's DEBUG log lines for those PUBLISH and PUBACK packets are not produced
 (errors are logged as before).
@@ -73,17 +79,18 @@ def _puback_reasons() -> dict[int, ReasonCode]:
 
 _PUBACK_REASONS = _puback_reasons()
 _PUBACK_OK = _PUBACK_REASONS[0]
+_API2 = paho.CallbackAPIVersion.VERSION2
 
 
 class LeanClient(paho.Client):
-    """A paho Client (callback API 2) whose QoS 1 PUBLISH and PUBACK take short roads."""
+    """A paho Client (callback API 2) whose QoS 0/1 PUBLISH and PUBACK take short roads."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rbuf = bytearray()  # bytes read, not yet a whole packet
         self._v5 = self._protocol == paho.MQTTv5
-        #: while corked: the PUBLISH packets held for one write (packet, mid, info)
-        self._held: list[tuple[bytes, int, paho.MQTTMessageInfo]] | None = None
+        #: while corked: the PUBLISH packets held for one write (packet, mid, info, qos)
+        self._held: list[tuple[bytes, int, paho.MQTTMessageInfo, int]] | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         self._rbuf = bytearray()  # what the old connection left is not this one's
@@ -93,10 +100,9 @@ class LeanClient(paho.Client):
     def publish(self, topic: str, payload: paho.PayloadType = None, qos: int = 0,
                 retain: bool = False,
                 properties: Properties | None = None) -> paho.MQTTMessageInfo:
-        if (not LEAN or qos != 1 or properties is not None or self._sock is None
-                or not topic or type(payload) is not bytes or len(payload) > _MAX_PAYLOAD
-                or self._max_queued_messages
-                or 0 < self._max_inflight_messages <= self._inflight_messages):
+        if (not LEAN or properties is not None or self._sock is None or not topic
+                or type(payload) is not bytes or len(payload) > _MAX_PAYLOAD
+                or not self._goes_out_now(qos)):
             self._release_held()  # paho's road writes at once: what is held goes first
             return super().publish(topic, payload, qos, retain, properties)
         topic_bytes = topic.encode("utf-8")
@@ -104,6 +110,16 @@ class LeanClient(paho.Client):
             self._release_held()
             return super().publish(topic, payload, qos, retain, properties)  # raises
         mid = self._mid_generate()
+        if qos == 0:
+            info = paho.MQTTMessageInfo(mid)
+            info.rc = self._send_now(b"".join((
+                b"\x31" if retain else b"\x30",
+                self._pack_remaining_length(
+                    bytearray(), 2 + len(topic_bytes) + len(payload) + self._v5),
+                _U16.pack(len(topic_bytes)), topic_bytes,
+                b"\x00" if self._v5 else b"",  # MQTT 5: no properties
+                payload)), mid, info, 0)
+            return info
         message = paho.MQTTMessage(mid, topic_bytes)
         message.timestamp = paho.time_func()
         message.payload = payload
@@ -124,15 +140,24 @@ class LeanClient(paho.Client):
                 _U16.pack(len(topic_bytes)), topic_bytes, _U16.pack(mid),
                 b"\x00" if self._v5 else b"",  # MQTT 5: no properties
                 payload))
-            rc = self._send_now(packet, mid, info)
+            rc = self._send_now(packet, mid, info, 1)
             if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:  # as paho: sent again on reconnect
                 self._inflight_messages -= 1
                 message.state = MessageState.MQTT_MS_PUBLISH
             info.rc = rc
             return info
 
-    def _send_now(self, packet: bytes, mid: int,
-                  info: paho.MQTTMessageInfo) -> MQTTErrorCode:
+    def _goes_out_now(self, qos: int) -> bool:
+        """Whether paho would send a message of this QoS at once: QoS 0 always (its report
+        is made here for callback API 2 only), QoS 1 with room in the in-flight window and
+        no queue limit."""
+        if qos == 0:
+            return self._callback_api_version is _API2
+        return qos == 1 and not self._max_queued_messages and not (
+            0 < self._max_inflight_messages <= self._inflight_messages)
+
+    def _send_now(self, packet: bytes, mid: int, info: paho.MQTTMessageInfo,
+                  qos: int) -> MQTTErrorCode:
         """paho's `_packet_queue` then `loop_write`, for a packet with nothing queued before
         it, no network thread and no write callbacks: straight to the socket (or held for
         `uncork`), and what the socket does not take is queued for `loop_write` as paho
@@ -141,12 +166,12 @@ class LeanClient(paho.Client):
                 or self._on_socket_register_write is not None
                 or not self._in_callback_mutex.acquire(False)):  # in a callback: queue
             self._release_held()
-            return self._packet_queue(_PUBLISH, packet, mid, 1, info)
+            return self._packet_queue(_PUBLISH, packet, mid, qos, info)
         self._in_callback_mutex.release()
         if self._held is not None:
-            self._held.append((packet, mid, info))
+            self._held.append((packet, mid, info, qos))
             return _OK
-        return self._write([(packet, mid, info)], packet)
+        return self._write([(packet, mid, info, qos)], packet)
 
     # -- several PUBLISHes, one write ---------------------------------------------------
     def cork(self) -> None:
@@ -172,34 +197,49 @@ class LeanClient(paho.Client):
         if not self._held:
             return _OK
         held, self._held = self._held, []
-        return self._write(held, b"".join([packet for packet, _, _ in held]))
+        return self._write(held, b"".join([packet for packet, _, _, _ in held]))
 
-    def _write(self, packets: list[tuple[bytes, int, paho.MQTTMessageInfo]],
+    def _write(self, packets: list[tuple[bytes, int, paho.MQTTMessageInfo, int]],
                data: bytes) -> MQTTErrorCode:
         """`data` (the packets, joined) to the socket; what it does not take is queued
-        packet by packet for `loop_write`, as paho would leave it."""
+        packet by packet for `loop_write`, as paho would leave it. Each QoS 0 packet the
+        socket took whole is published, as paho's writer reports it."""
         try:
             sent = self._sock_send(data)
         except BlockingIOError:
             sent = 0
         except (OSError, AttributeError, ValueError):  # paho's writer reports it its way
             rc = _OK
-            for packet, mid, info in packets:
-                rc = self._packet_queue(_PUBLISH, packet, mid, 1, info)
+            for packet, mid, info, qos in packets:
+                rc = self._packet_queue(_PUBLISH, packet, mid, qos, info)
             return rc
         if sent:
             with self._msgtime_mutex:
                 self._last_msg_out = paho.time_func()
-        if sent == len(data):
-            return _OK
-        for packet, mid, info in packets:
+        for packet, mid, info, qos in packets:
             taken = min(sent, len(packet))
             sent -= taken
             if taken < len(packet):
                 self._out_packet.append({
-                    "command": _PUBLISH, "mid": mid, "qos": 1, "pos": taken,
+                    "command": _PUBLISH, "mid": mid, "qos": qos, "pos": taken,
                     "to_process": len(packet) - taken, "packet": packet, "info": info})
+            elif not qos:
+                self._written_qos0(mid, info)
         return _OK
+
+    def _written_qos0(self, mid: int, info: paho.MQTTMessageInfo) -> None:
+        """What paho's `_packet_write` does once a QoS 0 PUBLISH is written whole."""
+        with self._callback_mutex:
+            on_publish = cast("paho.CallbackOnPublish_v2 | None", self._on_publish)
+        if on_publish is not None:
+            with self._in_callback_mutex:
+                try:
+                    on_publish(self, self._userdata, mid, _PUBACK_OK, _PUBACK_PROPERTIES)
+                except Exception as err:
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        info._set_as_published()
 
     # -- packets in ---------------------------------------------------------------------
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
