@@ -251,6 +251,23 @@ def test_a_qos0_packet_the_socket_takes_in_part_is_published_when_paho_has_writt
     assert [mid for mid, _, _ in lean.published] == [1, 2, 3, 4]
 
 
+@pytest.mark.filterwarnings("ignore:Callback API version 1 is deprecated")
+def test_a_qos0_publish_with_callback_api_1_is_reported_by_paho_s_writer() -> None:
+    """The short road reports QoS 0 the version 2 way only; version 1 keeps paho's road."""
+    client = LeanClient(CallbackAPIVersion.VERSION1, client_id="v1")
+    ours, peer = socket.socketpair()
+    try:
+        client._sock = ours
+        reported: list[tuple[Any, ...]] = []
+        client.on_publish = lambda *args: reported.append(args[2:])
+        info = client.publish("a/b", b"x", 0)
+        assert peer.recv(100) == b"\x30\x06\x00\x03a/bx"
+        assert reported == [(info.mid,)] and info.is_published()
+    finally:
+        ours.close()
+        peer.close()
+
+
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_a_qos0_publish_not_connected_is_paho_s(pair: tuple[_Wired, _Wired]) -> None:
     for one in pair:
