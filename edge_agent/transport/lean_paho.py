@@ -216,6 +216,7 @@ class LeanClient(paho.Client):
         if sent:
             with self._msgtime_mutex:
                 self._last_msg_out = paho.time_func()
+        written_qos0 = []
         for packet, mid, info, qos in packets:
             taken = min(sent, len(packet))
             sent -= taken
@@ -224,7 +225,9 @@ class LeanClient(paho.Client):
                     "command": _PUBLISH, "mid": mid, "qos": qos, "pos": taken,
                     "to_process": len(packet) - taken, "packet": packet, "info": info})
             elif not qos:
-                self._written_qos0(mid, info)
+                written_qos0.append((mid, info))
+        for mid, info in written_qos0:  # after the rest is queued: a callback may raise
+            self._written_qos0(mid, info)
         return _OK
 
     def _written_qos0(self, mid: int, info: paho.MQTTMessageInfo) -> None:
