@@ -46,7 +46,7 @@ def test_paho_is_the_release_the_short_roads_were_checked_against() -> None:
                  "_mid_generate", "_sock_recv", "_easy_log", "_out_messages",
                  "_out_message_mutex", "_msgtime_mutex", "_in_packet", "_inflight_messages",
                  "_max_inflight_messages", "_max_queued_messages", "_sock", "_protocol",
-                 "_callback_mutex", "_in_callback_mutex", "_callback_api_version",
+                 "_in_callback_mutex", "_callback_api_version",
                  "_userdata", "_on_publish", "suppress_exceptions"):
         assert hasattr(client, name), name
 
@@ -112,20 +112,27 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[_Wired, _Wired]]:
         one.close()
 
 
+def _each_size_published(pair: tuple[_Wired, _Wired], qos: int) -> Iterator[list[Any]]:
+    """Publishes every size of PAYLOADS, retained and not, on both clients; checks both
+    wrote the same bytes and yields the two message infos."""
+    for retain in (False, True):
+        for payload in PAYLOADS:
+            infos = [one.client.publish("site/dev-1/telemetry", payload, qos, retain)
+                     for one in pair]
+            assert pair[0].written() == pair[1].written()
+            yield infos
+
+
 @pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
 def test_a_qos1_publish_is_the_packet_paho_sends(pair: tuple[_Wired, _Wired]) -> None:
     plain, lean = pair
-    for retain in (False, True):
-        for payload in PAYLOADS:
-            infos = [one.client.publish("site/dev-1/telemetry", payload, 1, retain)
-                     for one in pair]
-            assert plain.written() == lean.written()
-            assert [(i.mid, i.rc) for i in infos] == [(infos[0].mid, 0)] * 2
-            message = lean.client._out_messages[infos[1].mid]
-            twin = plain.client._out_messages[infos[0].mid]
-            assert (message.topic, message.payload, message.qos, message.retain,
-                    message.state) == (twin.topic, twin.payload, twin.qos, twin.retain,
-                                       twin.state)
+    for infos in _each_size_published(pair, 1):
+        assert [(i.mid, i.rc) for i in infos] == [(infos[0].mid, 0)] * 2
+        message = lean.client._out_messages[infos[1].mid]
+        twin = plain.client._out_messages[infos[0].mid]
+        assert (message.topic, message.payload, message.qos, message.retain,
+                message.state) == (twin.topic, twin.payload, twin.qos, twin.retain,
+                                   twin.state)
     assert lean.client._inflight_messages == plain.client._inflight_messages
 
 
@@ -195,13 +202,9 @@ def test_a_publish_on_paho_s_road_while_corked_goes_after_what_is_held(
 def test_a_qos0_publish_is_the_packet_paho_sends_and_is_published_once_written(
         pair: tuple[_Wired, _Wired]) -> None:
     plain, lean = pair
-    for retain in (False, True):
-        for payload in PAYLOADS:
-            infos = [one.client.publish("site/dev-1/telemetry", payload, 0, retain)
-                     for one in pair]
-            assert plain.written() == lean.written()
-            assert [(i.mid, i.rc, i.is_published()) for i in infos] == [
-                (infos[0].mid, 0, True)] * 2
+    for infos in _each_size_published(pair, 0):
+        assert [(i.mid, i.rc, i.is_published()) for i in infos] == [
+            (infos[0].mid, 0, True)] * 2
     assert lean.published == plain.published
     assert len(lean.published) == 2 * len(PAYLOADS)
     assert not lean.client._out_messages and lean.client._inflight_messages == 0

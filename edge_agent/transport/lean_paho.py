@@ -112,13 +112,8 @@ class LeanClient(paho.Client):
         mid = self._mid_generate()
         if qos == 0:
             info = paho.MQTTMessageInfo(mid)
-            info.rc = self._send_now(b"".join((
-                b"\x31" if retain else b"\x30",
-                self._pack_remaining_length(
-                    bytearray(), 2 + len(topic_bytes) + len(payload) + self._v5),
-                _U16.pack(len(topic_bytes)), topic_bytes,
-                b"\x00" if self._v5 else b"",  # MQTT 5: no properties
-                payload)), mid, info, 0)
+            info.rc = self._send_now(
+                self._publish_packet(topic_bytes, payload, 0, retain, mid), mid, info, 0)
             return info
         message = paho.MQTTMessage(mid, topic_bytes)
         message.timestamp = paho.time_func()
@@ -133,19 +128,25 @@ class LeanClient(paho.Client):
             self._out_messages[mid] = message
             self._inflight_messages += 1
             message.state = MessageState.MQTT_MS_WAIT_FOR_PUBACK
-            packet = b"".join((
-                b"\x33" if retain else b"\x32",
-                self._pack_remaining_length(
-                    bytearray(), 4 + len(topic_bytes) + len(payload) + self._v5),
-                _U16.pack(len(topic_bytes)), topic_bytes, _U16.pack(mid),
-                b"\x00" if self._v5 else b"",  # MQTT 5: no properties
-                payload))
+            packet = self._publish_packet(topic_bytes, payload, 1, retain, mid)
             rc = self._send_now(packet, mid, info, 1)
             if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:  # as paho: sent again on reconnect
                 self._inflight_messages -= 1
                 message.state = MessageState.MQTT_MS_PUBLISH
             info.rc = rc
             return info
+
+    def _publish_packet(self, topic: bytes, payload: bytes, qos: int, retain: bool,
+                        mid: int) -> bytes:
+        """The PUBLISH paho's `_send_publish` packs, without properties (QoS 0 has no mid)."""
+        mid_bytes = _U16.pack(mid) if qos else b""
+        return b"".join((
+            bytes((_PUBLISH | qos << 1 | retain,)),
+            self._pack_remaining_length(
+                bytearray(), 2 + len(topic) + len(mid_bytes) + len(payload) + self._v5),
+            _U16.pack(len(topic)), topic, mid_bytes,
+            b"\x00" if self._v5 else b"",  # MQTT 5: no properties
+            payload))
 
     def _goes_out_now(self, qos: int) -> bool:
         """Whether paho would send a message of this QoS at once: QoS 0 always (its report
@@ -232,17 +233,22 @@ class LeanClient(paho.Client):
 
     def _written_qos0(self, mid: int, info: paho.MQTTMessageInfo) -> None:
         """What paho's `_packet_write` does once a QoS 0 PUBLISH is written whole."""
-        with self._callback_mutex:
-            on_publish = cast("paho.CallbackOnPublish_v2 | None", self._on_publish)
-        if on_publish is not None:
-            with self._in_callback_mutex:
-                try:
-                    on_publish(self, self._userdata, mid, _PUBACK_OK, _PUBACK_PROPERTIES)
-                except Exception as err:
-                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
-                    if not self.suppress_exceptions:
-                        raise
+        self._call_on_publish(mid, _PUBACK_OK)
         info._set_as_published()
+
+    def _call_on_publish(self, mid: int, reason: ReasonCode) -> None:
+        """paho's `on_publish` call (callback API 2, no properties), with its handling of a
+        callback that raises."""
+        on_publish = cast("paho.CallbackOnPublish_v2 | None", self._on_publish)
+        if on_publish is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_publish(self, self._userdata, mid, reason, _PUBACK_PROPERTIES)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     # -- packets in ---------------------------------------------------------------------
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
@@ -316,18 +322,9 @@ class LeanClient(paho.Client):
             message = self._out_messages.get(mid)
             if message is None:
                 return _OK
-            on_publish = cast("paho.CallbackOnPublish_v2 | None", self._on_publish)
-            if self._callback_api_version is not paho.CallbackAPIVersion.VERSION2:
+            if self._callback_api_version is not _API2:
                 return self._do_on_publish(mid, reason, _PUBACK_PROPERTIES)
-            if on_publish is not None:
-                with self._in_callback_mutex:
-                    try:
-                        on_publish(self, self._userdata, mid, reason, _PUBACK_PROPERTIES)
-                    except Exception as err:
-                        self._easy_log(paho.MQTT_LOG_ERR,
-                                       "Caught exception in on_publish: %s", err)
-                        if not self.suppress_exceptions:
-                            raise
+            self._call_on_publish(mid, reason)
             del self._out_messages[mid]
             message.info._set_as_published()
             if message.qos > 0:
