@@ -254,6 +254,40 @@ def test_a_qos0_packet_the_socket_takes_in_part_is_published_when_paho_has_writt
     assert [mid for mid, _, _ in lean.published] == [1, 2, 3, 4]
 
 
+def _raise(*args: Any) -> None:
+    raise RuntimeError("callback")
+
+
+@pytest.mark.parametrize("pair", PROTOCOLS, indirect=True)
+def test_an_on_publish_that_raises_leaves_the_rest_of_a_corked_write_queued(
+        pair: tuple[_Wired, _Wired]) -> None:
+    """The first QoS 0 packet goes whole, the next ones only in part; the report of the
+    first raises (suppress_exceptions off), and what the socket did not take still leaves."""
+    plain, lean = pair
+    out = []
+    lean.client.cork()
+    for one in pair:
+        one.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        one.client.suppress_exceptions = False
+        one.client.on_publish = _raise
+    with pytest.raises(RuntimeError):
+        plain.client.publish("small/0", b"s", 0)
+    with pytest.raises(RuntimeError):
+        lean.client.publish("small/0", b"s", 0)
+        for n in range(3):
+            lean.client.publish(f"big/{n}", bytes([65 + n]) * 100_000, 0)
+        lean.client.uncork()
+    for one in pair:
+        one.client.on_publish = None
+    for n in range(3):
+        plain.client.publish(f"big/{n}", bytes([65 + n]) * 100_000, 0)
+    for one in pair:
+        assert one.client.want_write()  # the rest waits in paho's queue
+        out.append(one.written_to_the_end())
+    assert out[0] == out[1]
+    assert len(out[1]) > 300_000
+
+
 @pytest.mark.filterwarnings("ignore:Callback API version 1 is deprecated")
 def test_a_qos0_publish_with_callback_api_1_is_reported_by_paho_s_writer() -> None:
     """The short road reports QoS 0 the version 2 way only; version 1 keeps paho's road."""
