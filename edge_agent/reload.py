@@ -1,11 +1,13 @@
 """Hot reload: noticing a changed config file, and working out what a new config changes.
 
 Kubernetes updates a mounted ConfigMap by writing a new timestamped directory and swapping
-the `..data` symlink, so the file's path stays and its inode changes. `ConfigWatcher` polls
-each config file's resolved target, inode, mtime and size (a few stats every couple of
-seconds; no dependency, no inotify quirks with symlink swaps); a fleet directory is its
-`config.yaml` and the node's own file. `plan` compares two validated configs so
-the runtime touches only what changed.
+the `..data` symlink, so the file's path stays and its inode changes. `ConfigWatcher`
+compares each config file's signature (resolved target, inode, mtime and size): when inotify
+says something changed in a directory holding one of them (`edge_agent.dir_events`), and every
+RECHECK_EVERY in case an event cannot reach it (a network filesystem, a symlink through a
+third directory); where inotify is not to be had it compares every WATCH_INTERVAL, as it did
+before the events. A fleet directory is its `config.yaml` and the node's own file. `plan`
+compares two validated configs so the runtime touches only what changed.
 """
 
 from __future__ import annotations
@@ -19,9 +21,19 @@ from typing import Any
 
 from edge_agent import logs
 from edge_agent.config import AgentConfig
+from edge_agent.dir_events import DirectoryEvents, files_to_watch, interest
 from edge_agent.identity import node_name
 
+#: how often the files are compared where inotify is not to be had
 WATCH_INTERVAL = 2.0
+#: how often they are compared anyway with inotify (what no event reaches is seen this late)
+RECHECK_EVERY = 30.0
+#: after an event, how long the directories must stay quiet before the files are compared
+#: (an editor's save or a `cat >` is several events; the kubelet's swap is one rename)
+SETTLE = 0.1
+#: ... but no longer than this after the first event of a burst
+SETTLE_AT_MOST = 2.0
+_UNREAD: Any = object()  # no signature taken yet
 
 
 def file_signature(path: Path) -> tuple[Any, ...] | None:
@@ -50,33 +62,78 @@ class ConfigWatcher:
     every check, since a reload may change the node. The first must exist: while it is
     briefly missing (mid-swap) nothing is compared; the others may come and go (a node's
     own file appearing or disappearing is a change).
+
+    `events` opens the inotify instance (tests pass one returning None to take the polling
+    road); `interval` is that road's period, `recheck` the slow poll beside the events.
     """
 
     def __init__(self, paths: Path | Callable[[], list[Path]],
                  on_change: Callable[[], Awaitable[Any]],
                  interval: float = WATCH_INTERVAL,
-                 baseline: tuple[Any, ...] | None = None) -> None:
+                 read_at: Callable[[], tuple[Any, ...] | None] | None = None,
+                 recheck: float = RECHECK_EVERY,
+                 events: Callable[[], DirectoryEvents | None] = DirectoryEvents.open) -> None:
         self.paths = paths if callable(paths) else (lambda: [paths])
-        self.on_change, self.interval = on_change, interval
-        #: the signature the running config was read at (taken before it was read); without
-        #: it the first check's, which misses a change made while the agent was starting
-        self.baseline = baseline
+        self.on_change, self.interval, self.recheck = on_change, interval, recheck
+        #: the signature the files were last read at, by anyone (the agent's start or any
+        #: reload, SIGHUP's too: taken before reading), so a change made while the agent was
+        #: starting is noticed and one a SIGHUP already read is not read again. Without it,
+        #: the first check's
+        self.read_at = read_at or (lambda: None)
+        self._open_events = events
+        self._stirred = asyncio.Event()
         self.log = logs.get("edge_agent.reload")
 
     def signature(self) -> tuple[Any, ...] | None:
         return paths_signature(self.paths())
 
     async def run(self) -> None:
-        last = self.baseline if self.baseline is not None else self.signature()
+        events = self._open_events()
+        loop = asyncio.get_running_loop()
+        if events is not None:
+            loop.add_reader(events.fileno(), self._on_events, events)
+        self.log.debug("config_watching", inotify=events is not None)
+        try:
+            await self._watch(events)
+        finally:
+            if events is not None:
+                loop.remove_reader(events.fileno())
+                events.close()
+
+    async def _watch(self, events: DirectoryEvents | None) -> None:
+        tried = _UNREAD  # the signature this watcher last reacted to
         while True:
-            await asyncio.sleep(self.interval)
-            current = self.signature()
-            if current is not None and current != last:
-                last = current
+            paths = self.paths()
+            armed = events is not None and events.watch(interest(paths), files_to_watch(paths))
+            # armed before comparing: a change from here on raises an event, one before it
+            # is in the comparison
+            current, known = paths_signature(paths), self.read_at()
+            if known is None and tried is _UNREAD:
+                tried = current  # nothing to compare with: this is the baseline
+            elif current is not None and current != known and current != tried:
+                tried = current
                 try:
                     await self.on_change()
                 except Exception as exc:  # the watcher outlives any one bad change
                     self.log.error("config_watch_failed", error=repr(exc)[:500])
+                continue  # the reload may have changed the node, so the paths: arm again
+            await self._next_look(self.recheck if armed else self.interval)
+
+    async def _next_look(self, timeout: float) -> None:
+        """Returns when the directories have changed and gone quiet, or after `timeout`."""
+        try:
+            await asyncio.wait_for(self._stirred.wait(), timeout)
+        except TimeoutError:
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + SETTLE_AT_MOST
+        while self._stirred.is_set() and loop.time() < give_up:
+            self._stirred.clear()
+            await asyncio.sleep(SETTLE)
+
+    def _on_events(self, events: DirectoryEvents) -> None:
+        if events.drain():
+            self._stirred.set()
 
 
 @dataclass

@@ -193,28 +193,39 @@ class Agent:
         """Schedules a reload (safe to call from a signal handler on the loop)."""
         self._spawn(self.reload(reason))
 
-    async def reload(self, reason: str = "requested") -> bool:
+    async def reload(self, reason: str = "requested", only_if_changed: bool = False) -> bool:
         """Re-reads the config file and applies only what changed.
 
         An invalid file keeps the running config: the problems are logged and counted
-        (`edge_agent_config_reload_failures_total`), nothing is stopped.
+        (`edge_agent_config_reload_failures_total`), nothing is stopped. `only_if_changed`
+        (the file watcher): files that give this node the config it runs are no reload (a
+        fleet ConfigMap's swap for another node's file, a SIGHUP's file seen changed again,
+        `touch`); they only show the files valid again, if a reload had failed.
         """
         if self.config_path is None:
             self.log.warning("config_reload_skipped", reason=reason, error="no config file")
             return False
         async with self._reload_lock:
             stats = self.reload_stats
-            stats["attempts"] += 1
-            stats["last_ts"] = time.time()
+            # before reading, as at start-up: the watcher then reacts to changes after it
+            self.config_signature = fleet.signature(self.config_path, self.node)
             try:  # in a thread: a big file or a refused bomb must not stall the loop
                 # (a fleet directory: the shared file and this node's, see edge_agent.fleet)
                 loaded = await asyncio.to_thread(fleet.load_node, self.config_path)
-            except ConfigError as exc:
-                self._reload_refused(reason, "config_reload_failed", exc.problems)
+            except Exception as exc:  # a third-party driver's validator too: not fatal
+                stats["attempts"] += 1
+                stats["last_ts"] = time.time()
+                problems = (exc.problems if isinstance(exc, ConfigError)
+                            else [repr(exc)[:500]])
+                self._reload_refused(reason, "config_reload_failed", problems)
                 return False
-            except Exception as exc:  # a third-party driver's validator: still not fatal
-                self._reload_refused(reason, "config_reload_failed", [repr(exc)[:500]])
-                return False
+            self.config_signature = loaded.signature  # this node's files, if it changed
+            if only_if_changed and loaded.hash == self.identity.config_hash:
+                self.log.debug("config_unchanged", reason=reason, config=loaded.hash)
+                stats["last_ok"], stats["last_error"] = 1, None
+                return True
+            stats["attempts"] += 1
+            stats["last_ts"] = time.time()
             new = loaded.config
             refusal = config_source.reload_refusal(self.config, new)
             if refusal is not None:
@@ -308,9 +319,9 @@ class Agent:
         udev.start()
         if (config_path := self.config_path) is not None:
             watcher = ConfigWatcher(lambda: fleet.watched_paths(config_path, self.node),
-                                    lambda: self.reload("file changed"),
+                                    lambda: self.reload("file changed", only_if_changed=True),
                                     self.watch_interval or WATCH_INTERVAL,
-                                    baseline=self.config_signature)
+                                    read_at=lambda: self.config_signature)
             self._spawn(watcher.run())
         await stop.wait()
         await self._shut_down(udev, outbox)

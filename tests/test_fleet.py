@@ -17,7 +17,7 @@ import yaml
 from edge_agent import fleet
 from edge_agent_simulators.broker import free_port
 from tests.helpers import SimulatorThread, Subscriber, run_cli, wait_until
-from tests.inprocess import http_get, scrape
+from tests.inprocess import http_get, sample_value, scrape
 
 NODES = ("edge-a", "edge-b", "edge-c")
 REGISTER = {"name": "level", "address": 0, "type": "uint16",
@@ -224,6 +224,35 @@ def test_a_reload_moves_a_device_from_one_node_to_another(
                 and line.get("device") == "everywhere"]
     assert len(connects) == 1
     assert a.stop() == 0 and b.stop() == 0
+
+
+def test_a_configmap_update_for_another_node_is_no_reload_on_this_one(
+        mosquitto, subscriber, fleet_sims, start_agent, tmp_path):
+    """The kubelet swaps `..data` for any key's change, so every node's files look changed:
+    a node whose config comes out the same neither reloads nor counts one."""
+    volume = ConfigMapVolume(tmp_path / "edge-agent")
+    files = fleet_files(fleet_sims, mosquitto.url)
+    files["config.yaml"]["log_level"] = "debug"
+    volume.write(files)
+    a = start_node(start_agent, volume.root, "edge-a")
+    subscriber.wait_for("edge/edge-a/gw-a/telemetry", count=2)
+
+    files["nodes__edge-c.yaml"]["devices"].pop()  # edge-c's own file: not edge-a's business
+    volume.write(files)
+    unchanged = wait_until(lambda: [line for line in a.log_lines()
+                                    if line.get("event") == "config_unchanged"],
+                           what="edge-a looked at the swap")
+    assert unchanged[0]["reason"] == "file changed"
+    assert not [line for line in a.log_lines() if line.get("event") == "config_reloaded"]
+    metrics = scrape(a.http + "/metrics")
+    assert sample_value(metrics, "edge_agent_config_reloads_total") == 0
+
+    files["config.yaml"]["devices"].pop(0)  # gw-a gone: edge-a's business
+    volume.write(files)
+    wait_until(lambda: [line for line in a.log_lines() if line.get("event") == "config_reloaded"],
+               what="edge-a reloaded")
+    assert sample_value(scrape(a.http + "/metrics"), "edge_agent_config_reloads_total") == 1
+    assert a.stop() == 0
 
 
 @pytest.mark.parametrize(("protocol", "wire"), [("3.1.1", "json"), ("5", "json"),

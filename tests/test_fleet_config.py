@@ -240,7 +240,7 @@ def test_a_change_between_loading_and_watching_is_noticed(tmp_path):
             changed.set()
 
         watcher = ConfigWatcher(lambda: fleet.watched_paths(root, "edge-b"), on_change,
-                                interval=0.01, baseline=loaded.signature)
+                                interval=0.01, read_at=lambda: loaded.signature)
         task = asyncio.create_task(watcher.run())
         try:
             await asyncio.wait_for(changed.wait(), 5)
