@@ -91,7 +91,11 @@ class ConfigWatcher:
         events = self._open_events()
         loop = asyncio.get_running_loop()
         if events is not None:
-            loop.add_reader(events.fileno(), self._on_events, events)
+            try:
+                loop.add_reader(events.fileno(), self._on_events, events)
+            except (NotImplementedError, OSError):  # a loop that cannot watch an fd: poll
+                events.close()
+                events = None
         self.log.debug("config_watching", inotify=events is not None)
         try:
             await self._watch(events)
