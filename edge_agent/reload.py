@@ -84,9 +84,6 @@ class ConfigWatcher:
         self._stirred = asyncio.Event()
         self.log = logs.get("edge_agent.reload")
 
-    def signature(self) -> tuple[Any, ...] | None:
-        return paths_signature(self.paths())
-
     async def run(self) -> None:
         events = self._open_events()
         loop = asyncio.get_running_loop()
