@@ -39,11 +39,11 @@ MAX_LATENCY_PROBES = 4096
 #: CPU than 3 on the rig (docs/performance.md, "What changed, measured")
 HOLD_BUDGET_S = 0.003
 #: ... and it goes out once it holds this many polls: on the rig (answers 0.4-0.7 ms apart)
-#: five polls a flush took 13 % less CPU than three, and four no more than five (a slower VM,
-#: answers 0.5 ms apart: the first reading of a full batch waits one gap less, p99 0.72).
-#: The budget alone let batches of up to ten through, and p99 was 1.8 times as long
-#: (docs/performance.md, "What changed, measured")
-MAX_HOLD_POLLS = 4
+#: five polls a flush took 13 % less CPU than three. Four was tried on a slower VM (p99 0.72
+#: in three interleaved rounds) and did not hold up in five more on the next one (CPU 1.07,
+#: p99 1.29). The budget alone let batches of up to ten through, and p99 was 1.8 times as
+#: long (docs/performance.md, "What changed, measured")
+MAX_HOLD_POLLS = 5
 #: weight of the newest gap in the running average of the gaps between held answers
 GAP_WEIGHT = 0.125
 
