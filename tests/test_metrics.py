@@ -118,7 +118,8 @@ def test_buffer_depth_and_broker_state_during_an_outage(mosquitto, simulators, a
 
 def test_buffer_drops_are_counted_when_max_bytes_is_reached(agent_thread):
     config = {"mqtt": {"url": "mqtt://127.0.0.1:1", "reconnect_max": 60},  # never connects
-              "buffer": {"max_bytes": 65536}}
+              "buffer": {"max_bytes": 65536},
+              "shutdown_grace": 0}  # nothing can drain: the stop need not wait the default 10 s
     agent = agent_thread(config)
     payload_rows = 400  # ~200 bytes each: well past 64 KiB
 
