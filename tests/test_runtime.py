@@ -9,7 +9,6 @@ import time
 import pytest
 
 from edge_agent.backoff import Backoff
-from edge_agent.delivery import MAX_HOLD_POLLS
 from edge_agent.supervision.device import PHASE_GROUP, poll_phase
 from tests.helpers import SimulatorThread, Subscriber, wait_until
 from tests.inprocess import AgentThread, sample_value
@@ -95,9 +94,3 @@ def test_devices_of_one_interval_poll_in_groups_spread_over_it():
     phases = [poll_phase(i, 3 * PHASE_GROUP) for i in range(3 * PHASE_GROUP)]
     assert sorted(set(phases)) == [0.0, 1 / 3, 2 / 3]
     assert all(phases.count(p) == PHASE_GROUP for p in set(phases))
-
-
-def test_a_poll_group_is_a_whole_number_of_flushes():
-    # a group whose size is not a multiple of the flush's cap ends in a flush for its last
-    # few polls: about a sixth more flushes at 100 units behind one gateway
-    assert PHASE_GROUP % MAX_HOLD_POLLS == 0

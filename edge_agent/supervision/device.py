@@ -61,11 +61,8 @@ _METRIC = operator.itemgetter("metric")
 Deliver = Callable[[str, list[dict[str, Any]], int], None]
 
 
-#: devices that share one phase of their interval (see poll_phase): a whole number of
-#: flushes (`delivery.MAX_HOLD_POLLS`, five), so the group's last poll is not a flush of its
-#: own. With 16, 100 units behind one gateway made 3.8 polls a flush (5, 5, 5 and 1 a
-#: group); with 15, 4.5, and 0.97x the CPU per reading (docs/performance.md, "What changed")
-PHASE_GROUP = 15
+#: devices that share one phase of their interval (see poll_phase)
+PHASE_GROUP = 16
 
 
 def poll_phase(index: int, count: int) -> float:
