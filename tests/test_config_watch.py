@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import os
 import select
 from collections.abc import Callable
@@ -171,6 +172,26 @@ def test_without_inotify_the_files_are_polled(tmp_path):
         assert w.looks >= 2
 
     Watching(lambda: [path], interval=0.02, events=lambda: None).run(script)
+
+
+def test_a_loop_that_cannot_watch_the_events_fd_falls_back_to_polling(tmp_path, monkeypatch):
+    """Some loops watch no file descriptors (Windows' proactor, a loop under a debugger's
+    wrapper): add_reader raises, and the watcher polls instead of dying at start."""
+
+    def cannot_watch(self: Any, fd: int, callback: Any, *args: Any) -> None:
+        raise NotImplementedError
+
+    monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "add_reader",
+                        cannot_watch)
+    path = tmp_path / "config.yaml"
+    path.write_text("devices: []\n")
+
+    async def script(w: Watching) -> None:
+        path.write_text("devices: []\nlog_level: debug\n")
+        await w.until(lambda: w.changes == 1)
+        assert w.looks >= 2
+
+    Watching(lambda: [path], interval=0.02).run(script)
 
 
 def test_a_directory_that_cannot_be_watched_falls_back_to_polling(tmp_path):
