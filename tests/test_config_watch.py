@@ -7,7 +7,7 @@ import asyncio
 import asyncio.selector_events
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +162,8 @@ def test_a_change_before_the_watcher_starts_is_seen_at_its_first_look(tmp_path):
     Watching(lambda: [path], read_at=lambda: read_at).run(script)
 
 
-def test_without_inotify_the_files_are_polled(tmp_path):
-    path = tmp_path / "config.yaml"
+def _a_change_seen_by_polling(path: Path) -> Callable[[Watching], Awaitable[None]]:
+    """A script that changes `path` and waits for the watcher to see it by looking again."""
     path.write_text("devices: []\n")
 
     async def script(w: Watching) -> None:
@@ -171,7 +171,13 @@ def test_without_inotify_the_files_are_polled(tmp_path):
         await w.until(lambda: w.changes == 1)
         assert w.looks >= 2
 
-    Watching(lambda: [path], interval=0.02, events=lambda: None).run(script)
+    return script
+
+
+def test_without_inotify_the_files_are_polled(tmp_path):
+    path = tmp_path / "config.yaml"
+    Watching(lambda: [path], interval=0.02, events=lambda: None).run(
+        _a_change_seen_by_polling(path))
 
 
 def test_a_loop_that_cannot_watch_the_events_fd_falls_back_to_polling(tmp_path, monkeypatch):
@@ -184,14 +190,7 @@ def test_a_loop_that_cannot_watch_the_events_fd_falls_back_to_polling(tmp_path, 
     monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "add_reader",
                         cannot_watch)
     path = tmp_path / "config.yaml"
-    path.write_text("devices: []\n")
-
-    async def script(w: Watching) -> None:
-        path.write_text("devices: []\nlog_level: debug\n")
-        await w.until(lambda: w.changes == 1)
-        assert w.looks >= 2
-
-    Watching(lambda: [path], interval=0.02).run(script)
+    Watching(lambda: [path], interval=0.02).run(_a_change_seen_by_polling(path))
 
 
 def test_a_directory_that_cannot_be_watched_falls_back_to_polling(tmp_path):
