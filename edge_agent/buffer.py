@@ -69,11 +69,13 @@ from pathlib import Path
 from typing import Any
 from zlib import crc32
 
-from edge_agent.store import boot
+from edge_agent.store import boot, journal
 from edge_agent.store.checkpoint import PARKED_EVERY, SYNC_EVERY, Checkpointer, file_identity
 from edge_agent.store.drops import DropEpisodes, FailureEpisodes
+from edge_agent.store.journal import Journal, encode_record, journal_path
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
+    ROW_OVERHEAD,
     BadRow,
     Row,
     checksum,
@@ -86,7 +88,10 @@ from edge_agent.store.seqs import SeqAllocator
 from edge_agent.store.sqlitefile import (
     COLUMNS,
     INSERT,
+    INSERT_OR_IGNORE,
     PAGE,
+    RAISE_SEQ,
+    SET_JOURNAL_UPTO,
     SIZE_SQL,
     UPSERT_SEQ,
     connect,
@@ -96,6 +101,7 @@ from edge_agent.store.sqlitefile import (
     open_read_only,
     quarantine_rows,
     read_header,
+    read_journal_upto,
     remove_database,
     remove_wal,
 )
@@ -110,6 +116,8 @@ SALVAGE_PAGE = 512
 #: rows committed by this process that `fetch` may hand out from memory (the live window);
 #: past this (the publisher is away or behind) they are forgotten and read from the file
 FRESH_ROWS = COMPRESS_BACKLOG
+#: the journal is cut (its rows go into SQLite) at this size, whatever its age
+JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 _row_id = itemgetter(0)
 
 
@@ -122,7 +130,7 @@ class SqliteOutbox:
     """Store-and-forward buffer at `path`, bounded by `max_bytes` of messages."""
 
     def __init__(self, path: Path | str, max_bytes: int, log: Any = None,
-                 retry_every: float = DURABLE_RETRY) -> None:
+                 retry_every: float = DURABLE_RETRY, journal: bool = True) -> None:
         self.path = Path(path)
         self.retry_every = retry_every
         self.max_bytes = max_bytes
@@ -160,29 +168,89 @@ class SqliteOutbox:
         self._episodes = DropEpisodes(log, max_bytes)
         self._retries = FailureEpisodes(log, "buffer_durable_retry", path=str(self.path))
         self._retry_at = 0.0  # monotonic time of the next attempt to leave memory
+        # the journal (edge_agent.store.journal): rows written to it and not yet in SQLite
+        # nor acknowledged, in id order; every id above _spilled_upto is one of them, a
+        # pending row, or acknowledged
+        self._journal = Journal(journal_path(self.path), log) if journal else None
+        self._journal_rows: dict[int, Row] = {}
+        self._journal_seqs: dict[str, int] = {}  # seqs journaled, not yet in SQLite
+        self._journal_written = False  # records since SQLite last recorded journal_upto
+        self._journal_until = 0.0  # monotonic time by which the journal goes into SQLite
+        self._spilled_upto = 0
+        #: the journal lost records: seqs it held may have been used
+        self._journal_damaged = False
         try:
             stored, generation = self._open()
         except (sqlite3.Error, OSError) as exc:
             self._start_degraded(exc)
             return
-        self.seqs.resume(stored, generation, trusted=not self._went_down)
+        self.seqs.resume(stored, generation,
+                         trusted=not (self._went_down or self._journal_damaged))
         self._forget_fresh()
         self._start_checkpointer()
+        if self._journal is not None:
+            self._journal.open_empty()
 
     # -- opening -------------------------------------------------------------------------
     def _open(self) -> tuple[dict[str, int], str | None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return self._connect()
+            seqs, generation = self._connect()
         except sqlite3.DatabaseError as exc:
             if not is_corrupt(exc):
                 raise  # locked, read-only, disk full: not the file's fault
             aside = self._move_aside("corrupt")
             self._log("error", "buffer_corrupt_moved_aside", path=str(self.path),
                       moved_to=str(aside), error=str(exc))
-            found = self._connect()
+            seqs, generation = self._connect()
             self._salvage(aside)
-            return found
+        for device, seq in self._replay_journal().items():
+            seqs[device] = max(seq, seqs.get(device, 0))
+        self._spilled_upto = self._last_id
+        return seqs, generation
+
+    def _read_journal(self, upto: int) -> journal.Replay:
+        """The journal left by the last run: a torn tail is cut (a write never finished,
+        so never published); damage is moved aside and makes the seqs doubtful."""
+        path = journal_path(self.path)
+        replay = journal.read(path)
+        if replay.damage is not None:
+            self._journal_damaged = True
+            aside = journal.move_aside(path, "corrupt")
+            self._log("error", "buffer_journal_damaged", path=str(path), problem=replay.damage,
+                      records_read=replay.records, bytes_unread=replay.damaged_bytes,
+                      moved_to=str(aside) if aside else None)
+        elif replay.torn_bytes:
+            self._log("warning", "buffer_journal_torn_tail", path=str(path),
+                      records_read=replay.records, bytes_cut=replay.torn_bytes)
+        self._last_id = max(self._last_id, replay.last_id, upto)
+        return replay
+
+    def _replay_journal(self) -> dict[str, int]:
+        """Puts the journal's rows that the file does not account for into it (see
+        `edge_agent.store.journal`); returns the seqs the journal holds."""
+        db = self._db
+        assert db is not None
+        upto = read_journal_upto(db)
+        replay = self._read_journal(upto)
+        if not replay.records:
+            return {}
+        rows = replay.keep_after(upto)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(INSERT_OR_IGNORE, [encode(*row, False) for row in rows])
+            db.executemany(RAISE_SEQ, replay.seqs.items())
+            db.execute(SET_JOURNAL_UPTO, (self._last_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self._depth, self._bytes = db.execute(
+            f"SELECT count(*), coalesce(sum({SIZE_SQL}), 0) FROM messages").fetchone()
+        self._log("info", "buffer_journal_replayed", path=str(journal_path(self.path)),
+                  records=replay.records, rows=len(rows))
+        return replay.seqs
 
     def _salvage(self, aside: Path) -> None:
         """Copies what can still be read of a damaged file (moved aside) into the new one."""
@@ -195,6 +263,8 @@ class SqliteOutbox:
             with contextlib.suppress(sqlite3.Error):
                 self._last_id = max(self._last_id, old.execute(
                     "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+            with contextlib.suppress(sqlite3.Error):  # the journal's rows it took stay taken
+                self._last_id = max(self._last_id, read_journal_upto(old))
             copied = self._copy_rows(old, db)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -266,7 +336,12 @@ class SqliteOutbox:
             self._sync_timer = loop.call_later(SYNC_EVERY, self._sync_due)
 
     def _sync_due(self) -> None:
+        """A SYNC_EVERY after a flush left messages unacknowledged: those still only in the
+        journal go into SQLite, whose WAL the buffer thread then syncs."""
         self._sync_timer = None
+        if self._journal_rows and self._memory is None and self._db is not None:
+            self._commit()
+            self._disarm_sync()  # armed again by the next flush, not by this commit
         if self._checkpointer is not None:
             self._checkpointer.wake()
 
@@ -285,6 +360,7 @@ class SqliteOutbox:
         """The file cannot be opened for writing: read what it holds, carry on in memory."""
         stored: dict[str, int] = {}
         generation = None
+        upto = 0
         source = open_read_only(self.path)
         if source is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -293,7 +369,14 @@ class SqliteOutbox:
                     "SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
             with contextlib.suppress(sqlite3.Error):
                 self._went_down = boot.went_down_under(boot.read_marker(source), self._boot)
-        self.seqs.resume(stored, generation, trusted=not self._went_down)
+            with contextlib.suppress(sqlite3.Error):
+                upto = read_journal_upto(source)
+        replay = self._read_journal(upto)  # left in place: a later start replays it again
+        self._journal_rows = {row.id: row for row in replay.keep_after(upto)}
+        for device, seq in replay.seqs.items():
+            stored[device] = max(seq, stored.get(device, 0))
+        self.seqs.resume(stored, generation,
+                         trusted=not (self._went_down or self._journal_damaged))
         self._degrade(exc, "open", source)
         if source is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -321,13 +404,72 @@ class SqliteOutbox:
                 self._back_to_disk()
             return
         self._check_file()
-        db = self._db
-        seqs = self.seqs.dirty
-        if db is None or not (self._pending or seqs or self._acked or self._bad):
+        if self._db is None or not (self._pending or self.seqs.dirty or self._acked
+                                    or self._bad):
             return
-        rows = self._stored_rows()
+        if self._journal is not None and self._journal.usable and self._to_journal():
+            return
+        self._commit()
+
+    def _to_journal(self) -> bool:
+        """The flush as one journal record, where the live window allows it (see
+        `edge_agent.store.journal`); False: it goes to SQLite."""
+        journal = self._journal
+        assert journal is not None
+        pending, acked = self._pending, self._acked
+        now = time.monotonic()
+        if journal.size:
+            if now >= self._journal_until or journal.size >= JOURNAL_MAX_BYTES:
+                return False
+        else:
+            self._journal_until = now + SYNC_EVERY
+        if (self._bad or len(self._fresh) + len(pending) > FRESH_ROWS
+                or self._depth + len(pending) > COMPRESS_BACKLOG
+                or (acked and min(acked) <= self._spilled_upto)):
+            return False  # a quarantine, a backlog, or rows in the file to delete
+        added = 0
+        for row in pending:
+            added += len(row.topic) + len(row.payload)
+        added += ROW_OVERHEAD * len(pending)
+        if self._bytes + added > self.max_bytes:
+            return False  # the oldest rows must go: that is SQLite's
+        seqs = self.seqs.dirty
+        if not journal.append(encode_record(pending, acked, seqs)):
+            return False
+        self._journal_written = True
+        journaled = self._journal_rows
+        for row in pending:
+            journaled[row.id] = row
+        self._journal_seqs.update(seqs)
+        self._depth += len(pending)
+        self._bytes += added
+        self._keep_fresh(0, bool(acked))
+        if self._depth and self._sync_timer is None:
+            self._arm_sync()
+        pending.clear()
+        seqs.clear()
+        self._acked = []
+        self._gone_max = 0
+        return True
+
+    def _commit(self) -> None:
+        """The journal's rows, the queued rows, the seqs and the deletions in one SQLite
+        transaction; the oldest rows dropped if full; then the journal is cut."""
+        db = self._db
+        assert db is not None
+        seqs = self.seqs.dirty
+        journaled = self._journal_rows
+        # stored plain, as they would have been when journaled (no backlog then)
+        spilled = self._stored_rows(list(journaled.values()), False) if journaled else []
+        rows = self._stored_rows(self._pending)
         added = sum(row_size(row[3], row[4]) for row in rows)
         acked, bad = self._acked, self._bad
+        upto = self._spilled_upto
+        # acknowledged journal rows left in ack(): only the file's rows are deleted
+        in_file = [row_id for row_id in acked if row_id <= upto] if (
+            acked and max(acked) > upto) else acked
+        if self._journal_seqs:
+            seqs = {**self._journal_seqs, **seqs}
         try:
             # IMMEDIATE: the write lock at once, through the busy handler. A deferred BEGIN
             # reads first (the acknowledged rows' sizes), and a write by the buffer thread
@@ -335,10 +477,14 @@ class SqliteOutbox:
             # locked` at once (SQLITE_BUSY_SNAPSHOT: no busy wait), sending the buffer to
             # memory
             db.execute("BEGIN IMMEDIATE")
-            removed, freed_by_acks = delete_rows(db, acked) if acked else (0, 0)
+            if spilled:  # first: a quarantined or dropped row may be one of them
+                db.executemany(INSERT, spilled)
+            removed, freed_by_acks = delete_rows(db, in_file) if in_file else (0, 0)
             moved, freed_by_bad = quarantine_rows(db, bad) if bad else (0, 0)
             db.executemany(INSERT, rows)
             db.executemany(UPSERT_SEQ, seqs.items())
+            if self._journal_written:
+                db.execute(SET_JOURNAL_UPTO, (self._last_id,))
             dropped, freed, cutoff = 0, 0, 0
             size = self._bytes - freed_by_acks - freed_by_bad + added  # after this transaction
             if size > self.max_bytes:
@@ -350,13 +496,14 @@ class SqliteOutbox:
             self._failed(exc, "commit")
             return
         # ack() and quarantine already counted their rows out; some may have been dropped
-        self._depth += len(self._pending) - dropped + len(acked) - removed + len(bad) - moved
+        self._depth += len(self._pending) - dropped + len(in_file) - removed + len(bad) - moved
         self._bytes += added - freed - freed_by_acks - freed_by_bad
         self._keep_fresh(cutoff, bool(acked or bad))
         if self._depth and self._sync_timer is None and self._boot is not None:
             self._arm_sync()
         self._pending.clear()
-        seqs.clear()
+        self.seqs.dirty.clear()
+        self._spilled()
         self._acked = []
         self._bad = {}
         self._gone_max = 0
@@ -366,12 +513,25 @@ class SqliteOutbox:
         if freed_by_acks:
             self._episodes.check(self._bytes)
 
-    def _stored_rows(self) -> list[tuple[int, str, int, str, bytes, int, int]]:
-        """The pending rows as stored: compressed while a backlog is building up."""
-        if self._depth + len(self._pending) > COMPRESS_BACKLOG:
-            return [encode(i, d, s, t, p, True) for i, d, s, t, p in self._pending]
+    def _spilled(self) -> None:
+        """After a transaction that holds every journaled row: the journal is cut."""
+        self._journal_rows = {}
+        self._journal_seqs = {}
+        self._journal_written = False
+        self._spilled_upto = self._last_id
+        journal = self._journal
+        if journal is not None and (journal.size or not journal.usable):
+            journal.cut()
+
+    def _stored_rows(self, rows: list[Row], backlog: bool | None = None,
+                     ) -> list[tuple[int, str, int, str, bytes, int, int]]:
+        """Rows as stored: compressed while a backlog is building up."""
+        if backlog is None:
+            backlog = self._depth + len(self._pending) > COMPRESS_BACKLOG
+        if backlog:
+            return [encode(i, d, s, t, p, True) for i, d, s, t, p in rows]
         return [(i, d, s, t, p, 0, crc32(p, crc32(b"%d\x00%s\x00%d\x00%s\x00%d\x00" % (
-            i, d.encode(), s, t.encode(), 0)))) for i, d, s, t, p in self._pending]  # = encode
+            i, d.encode(), s, t.encode(), 0)))) for i, d, s, t, p in rows]  # = encode
 
     def _keep_fresh(self, dropped_upto: int, deleted: bool) -> None:
         """After a commit: its rows join the live window (see fetch); the rows it deleted
@@ -432,9 +592,15 @@ class SqliteOutbox:
             if self._memory is not None:
                 return self._memory.fetch(after_id, limit)
             try:
-                return self._fetch(after_id, limit)
+                rows = self._fetch(after_id, limit)
             except sqlite3.Error as exc:
                 self._failed(exc, "read")
+                continue
+            if len(rows) < limit and self._journal_rows:  # the file is read to its end:
+                last = rows[-1].id if rows else after_id  # the journal's rows come next
+                rows += [row for row in self._journal_rows.values()
+                         if row.id > last and row.id not in self._bad][:limit - len(rows)]
+            return rows
         if self._db is not None:
             self._degrade(sqlite3.OperationalError("repeated read failures"), "read")
         return self._memory.fetch(after_id, limit)  # type: ignore[union-attr]
@@ -488,6 +654,12 @@ class SqliteOutbox:
         if ids:
             self._gone_max = max(self._gone_max, max(ids))
         self._depth -= len(ids)
+        journaled = self._journal_rows
+        if journaled:  # never to be written to SQLite; its record goes in the next flush
+            for row_id in ids:
+                row = journaled.pop(row_id, None)
+                if row is not None:
+                    self._bytes -= row_size(row.topic, row.payload)
         if not self._depth and self._sync_timer is not None:
             self._disarm_sync()  # delivered before the thread had to look: nothing owed
 
@@ -540,8 +712,13 @@ class SqliteOutbox:
         if self._memory is not None:
             self._retry_at = 0.0  # a last try: what memory holds survives if the disk lets it
         self.flush()
+        if self._memory is None and self._db is not None and (
+                self._journal_written or self._journal_rows):
+            self._commit()  # the journal's rows and seqs into SQLite: it is left empty
         self._disarm_sync()  # after the last commit, which may have armed it
         self._stop_checkpointer()
+        if self._journal is not None:
+            self._journal.close(remove=self._memory is None and not self._journal_written)
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 if self._boot is not None:
@@ -627,6 +804,7 @@ class SqliteOutbox:
                 building if building.exists() else self.path))
             return
         self._start_checkpointer()
+        self._spilled()  # the new file in place holds the journal's rows: cut it
         self.recoveries += 1
         self._last_recovery = (time.monotonic(), problem)
         self._log("warning", "buffer_recovered", path=str(self.path), problem=problem,
@@ -647,12 +825,19 @@ class SqliteOutbox:
                 batch = []
         new.executemany(INSERT, batch)
         copied += len(batch)
-        new.executemany(INSERT, self._stored_rows())
-        copied += len(self._pending)
-        new.executemany(UPSERT_SEQ, self.seqs.dirty.items())
+        journaled = list(self._journal_rows.values())
+        new.executemany(INSERT, self._stored_rows(journaled, False))
+        new.executemany(INSERT, self._stored_rows(self._pending))
+        copied += len(journaled) + len(self._pending)
+        new.executemany(UPSERT_SEQ, {**self._journal_seqs, **self.seqs.dirty}.items())
+        new.execute(SET_JOURNAL_UPTO, (self._last_id,))  # the journal holds nothing more
         new.execute("COMMIT")
         self._pending.clear()
         self.seqs.dirty.clear()
+        self._journal_rows = {}
+        self._journal_seqs = {}
+        self._journal_written = False
+        self._spilled_upto = self._last_id
         self._acked = []
         self._bad = {}
         self._gone_max = 0
@@ -730,8 +915,11 @@ class SqliteOutbox:
                 with contextlib.suppress(sqlite3.Error):
                     source.close()
         self._close_db()
+        memory.restore(self._journal_rows.values())  # left in the journal too, for a restart
         memory.restore(self._pending)
         memory.skip_to(self._last_id)
+        self._journal_rows = {}
+        self._journal_seqs = {}
         self._pending.clear()
         self._forget_fresh()
         self._acked = []
@@ -765,6 +953,7 @@ class SqliteOutbox:
                                                      zipped) for r in rows])
                     cursor = rows[-1].id
                 new.executemany(UPSERT_SEQ, self.seqs.current.items())
+                new.execute(SET_JOURNAL_UPTO, (max(self._last_id, memory.skip_to(0)),))
                 new.execute("COMMIT")
             finally:
                 new.close()
@@ -786,6 +975,7 @@ class SqliteOutbox:
         self._memory = None
         self.degraded = None
         self._start_checkpointer()
+        self._spilled()  # what the journal held is in the new file (or acknowledged)
         self._log("warning", "buffer_durable_again", path=str(self.path), kept=self._depth)
 
     def _move_aside(self, why: str) -> Path:

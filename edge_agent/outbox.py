@@ -62,4 +62,4 @@ def open_outbox(config: BufferConfig, log: Any) -> Outbox:
     """The durable SQLite outbox at `buffer.path`, else (no path) an in-memory one."""
     if config.path is None:
         return MemoryOutbox(config.max_bytes, log=log)
-    return SqliteOutbox(config.path, config.max_bytes, log=log)
+    return SqliteOutbox(config.path, config.max_bytes, log=log, journal=config.journal)

@@ -521,7 +521,8 @@ def test_a_write_of_the_buffer_thread_during_a_commit_never_sends_the_buffer_to_
     import edge_agent.buffer as buffer_module
 
     path = tmp_path / "b.sqlite3"
-    outbox = SqliteOutbox(path, 1 << 30)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(path, 1 << 30, journal=False)
     ids = fill(outbox, "a", 3)
     outbox.ack(ids)  # the next commit starts by reading their sizes
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
@@ -549,7 +550,8 @@ def test_checkpoint_failures_are_counted_and_logged_once_per_episode(tmp_path):
     from tests.helpers import wait_until
 
     log = LogSink()
-    outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 30, log=log)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(tmp_path / "b.sqlite3", 1 << 30, log=log, journal=False)
     outbox._db.execute("PRAGMA locking_mode=EXCLUSIVE")  # type: ignore[union-attr]
     fill(outbox, "a", 10)
     wait_until(lambda: outbox.stats()["checkpoint_failures"] >= 2, timeout=10,
@@ -703,7 +705,8 @@ def _walk(outbox: Any, cursor: int, window: int = 7) -> tuple[list[Any], int]:
 
 def test_rows_just_committed_are_handed_out_from_memory_exactly_as_stored(tmp_path):
     path = tmp_path / "b.sqlite3"
-    outbox = SqliteOutbox(path, 1 << 30)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(path, 1 << 30, journal=False)
     queries = Queries(outbox)
     cursor, taken = 0, []
     for round_ in range(30):
@@ -746,7 +749,8 @@ def test_a_backlog_after_a_restart_is_read_from_the_file_and_checked(tmp_path):
 
 def test_rows_dropped_for_max_bytes_are_never_handed_out_from_memory(tmp_path):
     path = tmp_path / "b.sqlite3"
-    outbox = SqliteOutbox(path, 8 * 1024)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(path, 8 * 1024, journal=False)
     taken: list[Any] = []
     cursor = 0
     for n in range(1, 41):  # the publisher lags: the oldest rows make room for new ones
@@ -780,7 +784,8 @@ def test_after_a_rebuild_nothing_is_handed_out_stale_or_twice(tmp_path):
     from tests.helpers import wait_until
 
     path = tmp_path / "b.sqlite3"
-    outbox = SqliteOutbox(path, 1 << 30)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(path, 1 << 30, journal=False)
     fill(outbox, "a", 20)
     first, cursor = _walk(outbox, 0)
     outbox.ack([row.id for row in first[:5]])  # acknowledged, not yet deleted

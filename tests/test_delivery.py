@@ -163,6 +163,35 @@ def test_agent_sigkilled_mid_stream_and_restarted_leaves_no_gap(broker, start_ag
         sims.close()
 
 
+def test_agent_sigkilled_while_the_broker_keeps_up_leaves_no_gap(broker, start_agent, tmp_path):
+    """Killed in the live window: the newest rows are only in the journal
+    (edge_agent.store.journal), which the restart replays into the buffer."""
+    sims = run_sims(modbus_devices(2, interval=0.05))
+    sub = PersistentSubscriber(broker.port)
+    buffer = tmp_path / "buffer.sqlite3"
+    try:
+        config = agent_config(sims, broker.url, buffer, inflight=INFLIGHT)
+        agent = start_agent(config, name="first")
+        wait_until(lambda: each_device_has(sub, 2, 20), what="streaming")
+        assert buffer.with_name(buffer.name + ".journal").exists()
+        agent.stop(signal.SIGKILL)
+        at_kill = {d: max(s) for d, s in sub.seqs().items()}
+        again = start_agent(config, name="second")
+        wait_until(lambda: all(max(s) > at_kill[d] + 5 for d, s in sub.seqs().items()),
+                   timeout=20, what="new readings after the restart")
+        assert again.stop() == 0
+        last, kept = buffer_state(buffer)
+        assert kept == 0
+        wait_until(lambda: each_device_has(sub, 2, min(last.values())), what="all seqs")
+        missing, duplicates = gaps_and_duplicates(sub.seqs(), last)
+        assert missing == 0
+        assert_no_seq_reused(sub.records)
+        assert duplicates - sub.redeliveries() <= 2 * INFLIGHT
+    finally:
+        sub.close()
+        sims.close()
+
+
 def test_buffer_limit_during_outage_drops_oldest_and_counts_exactly_the_gap(
         broker, start_agent, tmp_path):
     sims = run_sims(modbus_devices(2, interval=0.05, registers=10))

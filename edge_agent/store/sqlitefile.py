@@ -51,6 +51,13 @@ INSERT = f"INSERT INTO messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 UPSERT_SEQ = ("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
               "DO UPDATE SET seq = excluded.seq")
 PAGE = f"SELECT {COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?"
+#: a journal's row put in again after a crash between a transaction and the journal's cut
+INSERT_OR_IGNORE = f"INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+#: a journal's seq, which may be older than the file's: seqs never go back
+RAISE_SEQ = ("INSERT INTO seqs VALUES (?, ?) ON CONFLICT(device) "
+             "DO UPDATE SET seq = max(seq, excluded.seq)")
+#: the highest id the file accounts for: journal records up to it are never replayed
+SET_JOURNAL_UPTO = "INSERT OR REPLACE INTO meta VALUES ('journal_upto', ?)"
 
 
 def connect(path: Path, wal: bool = True) -> sqlite3.Connection:
@@ -98,6 +105,15 @@ def read_header(db: sqlite3.Connection) -> tuple[dict[str, int], str | None]:
         return seqs, new_generation(db)
     except sqlite3.Error:  # read-only: the file has no generation yet
         return seqs, None
+
+
+def read_journal_upto(db: sqlite3.Connection) -> int:
+    """The highest row id the file accounts for (0: none recorded, every record counts)."""
+    found = db.execute("SELECT value FROM meta WHERE key = 'journal_upto'").fetchone()
+    try:
+        return int(found[0]) if found is not None else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def new_generation(db: sqlite3.Connection) -> str:
