@@ -118,6 +118,10 @@ SALVAGE_PAGE = 512
 FRESH_ROWS = COMPRESS_BACKLOG
 #: the journal is cut (its rows go into SQLite) at this size, whatever its age
 JOURNAL_MAX_BYTES = 4 * 1024 * 1024
+#: acknowledgements of rows in the file that the journal may hold until the next commit:
+#: the few in flight when it last took the journal's rows. More (a backlog drained) are
+#: deleted at once, so the bytes they free (and the end of a drop episode) show at once
+JOURNAL_FILE_ACKS = 64
 _row_id = itemgetter(0)
 
 
@@ -174,6 +178,9 @@ class SqliteOutbox:
         self._journal = Journal(journal_path(self.path), log) if journal else None
         self._journal_rows: dict[int, Row] = {}
         self._journal_seqs: dict[str, int] = {}  # seqs journaled, not yet in SQLite
+        #: acknowledgements of rows in the file, journaled: deleted by the next commit (an
+        #: acknowledgement never forces one: each commit's rows would force the next)
+        self._file_acks: list[int] = []
         self._journal_written = False  # records since SQLite last recorded journal_upto
         self._journal_until = 0.0  # monotonic time by which the journal goes into SQLite
         self._spilled_upto = 0
@@ -238,6 +245,7 @@ class SqliteOutbox:
         rows = replay.keep_after(upto)
         db.execute("BEGIN IMMEDIATE")
         try:
+            delete_rows(db, sorted(replay.file_acks))  # delivered: never again
             db.executemany(INSERT_OR_IGNORE, [encode(*row, False) for row in rows])
             db.executemany(RAISE_SEQ, replay.seqs.items())
             db.execute(SET_JOURNAL_UPTO, (self._last_id,))
@@ -339,7 +347,8 @@ class SqliteOutbox:
         """A SYNC_EVERY after a flush left messages unacknowledged: those still only in the
         journal go into SQLite, whose WAL the buffer thread then syncs."""
         self._sync_timer = None
-        if self._journal_rows and self._memory is None and self._db is not None:
+        if (self._journal_rows or self._file_acks) and self._memory is None and (
+                self._db is not None):
             self._commit()
             self._disarm_sync()  # armed again by the next flush, not by this commit
         if self._checkpointer is not None:
@@ -371,8 +380,12 @@ class SqliteOutbox:
                 self._went_down = boot.went_down_under(boot.read_marker(source), self._boot)
             with contextlib.suppress(sqlite3.Error):
                 upto = read_journal_upto(source)
+        # the file's own rows first; without its journal_upto, none of them twice
+        after = max(upto, self._last_id)
         replay = self._read_journal(upto)  # left in place: a later start replays it again
-        self._journal_rows = {row.id: row for row in replay.keep_after(upto)}
+        self._journal_rows = {row.id: row for row in replay.keep_after(after)}
+        self._file_acks = sorted(replay.file_acks)  # not read into memory (see _gone)
+        self._gone_max = max(self._file_acks, default=0)
         for device, seq in replay.seqs.items():
             stored[device] = max(seq, stored.get(device, 0))
         self.seqs.resume(stored, generation,
@@ -424,9 +437,14 @@ class SqliteOutbox:
         else:
             self._journal_until = now + SYNC_EVERY
         if (self._bad or len(self._fresh) + len(pending) > FRESH_ROWS
-                or self._depth + len(pending) > COMPRESS_BACKLOG
-                or (acked and min(acked) <= self._spilled_upto)):
-            return False  # a quarantine, a backlog, or rows in the file to delete
+                or self._depth + len(pending) > COMPRESS_BACKLOG):
+            return False  # a quarantine or a backlog
+        in_file: list[int] = []
+        if acked and min(acked) <= self._spilled_upto:
+            upto = self._spilled_upto
+            in_file = [row_id for row_id in acked if row_id <= upto]
+            if len(self._file_acks) + len(in_file) > JOURNAL_FILE_ACKS:
+                return False
         added = 0
         for row in pending:
             added += len(row.topic) + len(row.payload)
@@ -444,12 +462,13 @@ class SqliteOutbox:
         self._depth += len(pending)
         self._bytes += added
         self._keep_fresh(0, bool(acked))
-        if self._depth and self._sync_timer is None:
-            self._arm_sync()
+        self._file_acks += in_file
+        if (self._depth or self._file_acks) and self._sync_timer is None:
+            self._arm_sync()  # its commit takes what the journal owes, or deletes
         pending.clear()
         seqs.clear()
         self._acked = []
-        self._gone_max = 0
+        self._gone_max = max(self._file_acks) if self._file_acks else 0
         return True
 
     def _commit(self) -> None:
@@ -468,6 +487,8 @@ class SqliteOutbox:
         # acknowledged journal rows left in ack(): only the file's rows are deleted
         in_file = [row_id for row_id in acked if row_id <= upto] if (
             acked and max(acked) > upto) else acked
+        if self._file_acks:
+            in_file = self._file_acks + in_file
         if self._journal_seqs:
             seqs = {**self._journal_seqs, **seqs}
         try:
@@ -517,6 +538,7 @@ class SqliteOutbox:
         """After a transaction that holds every journaled row: the journal is cut."""
         self._journal_rows = {}
         self._journal_seqs = {}
+        self._file_acks = []
         self._journal_written = False
         self._spilled_upto = self._last_id
         journal = self._journal
@@ -644,7 +666,10 @@ class SqliteOutbox:
         is past everything it has had acknowledged)."""
         if self._gone_max <= after_id:
             return None
-        return set(self._acked).union(self._bad)
+        gone = set(self._acked).union(self._bad)
+        if self._file_acks:
+            gone.update(self._file_acks)
+        return gone
 
     def ack(self, ids: list[int]) -> None:
         if self._memory is not None:
@@ -660,7 +685,7 @@ class SqliteOutbox:
                 row = journaled.pop(row_id, None)
                 if row is not None:
                     self._bytes -= row_size(row.topic, row.payload)
-        if not self._depth and self._sync_timer is not None:
+        if not self._depth and self._sync_timer is not None and not self._file_acks:
             self._disarm_sync()  # delivered before the thread had to look: nothing owed
 
     def quarantine(self, row: Row, reason: str) -> None:
@@ -836,6 +861,7 @@ class SqliteOutbox:
         self.seqs.dirty.clear()
         self._journal_rows = {}
         self._journal_seqs = {}
+        self._file_acks = []
         self._journal_written = False
         self._spilled_upto = self._last_id
         self._acked = []
@@ -920,6 +946,7 @@ class SqliteOutbox:
         memory.skip_to(self._last_id)
         self._journal_rows = {}
         self._journal_seqs = {}
+        self._file_acks = []
         self._pending.clear()
         self._forget_fresh()
         self._acked = []

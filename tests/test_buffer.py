@@ -498,7 +498,8 @@ def test_the_wal_is_cut_back_after_checkpoints(tmp_path):
     from tests.helpers import wait_until
 
     path = tmp_path / "b.sqlite3"
-    outbox = SqliteOutbox(path, 1 << 30)
+    # the SQLite path itself: it looks into the file (the journal's: test_journal.py)
+    outbox = SqliteOutbox(path, 1 << 30, journal=False)
     wal = tmp_path / "b.sqlite3-wal"
     for _ in range(30):  # ~15 MB through the WAL (past its limit), acknowledged as it goes
         ids = fill(outbox, "a", 50, size=10_000)

@@ -168,10 +168,12 @@ def test_a_new_session_from_the_start_gets_the_journal_rows_after_the_file_rows(
     outbox = SqliteOutbox(path, 1 << 30)
     backlog = fill(outbox, "a", FRESH_ROWS + 10)  # a backlog: committed to SQLite
     assert _in_sqlite(path) == FRESH_ROWS + 10
-    outbox.ack(backlog)
-    fill(outbox, "a", 0)  # deletes them: SQLite
-    fill(outbox, "a", 3)  # the live window again: the journal
-    assert _in_sqlite(path) == 0
+    outbox.ack(backlog[:-40])
+    fill(outbox, "a", 0)  # a backlog drained: deleted at once
+    assert _in_sqlite(path) == 40
+    outbox.ack(backlog[-40:])
+    fill(outbox, "a", 3)  # the live window again: the journal, with those 40 deletions
+    assert _in_sqlite(path) == 40 and outbox.depth() == 3
     first = outbox.fetch(0, 2)  # a new session: behind the window, from the file
     rest = outbox.fetch(first[-1].id, 100)
     assert [row.seq for row in first + rest] == list(range(FRESH_ROWS + 11, FRESH_ROWS + 14))
@@ -347,7 +349,7 @@ def test_random_use_with_kills_never_loses_reorders_or_reuses(tmp_path, monkeypa
         zipped = (zipped or len(owed) > COMPRESS_BACKLOG // 2) and bool(owed)
         if not unflushed and not acked_unflushed:
             assert outbox.depth() == len(owed)
-            if not zipped:
+            if not zipped and not outbox._file_acks:  # (deleted, and counted, by a commit)
                 assert outbox.size_bytes() == sum(
                     row_size(f"t/{d}", p) for d, _, p in owed.values())
     assert outbox.degraded is None and outbox.quarantined == 0 and outbox.dropped == 0
@@ -370,7 +372,8 @@ def test_a_record_reads_back_exactly_what_was_written():
 def test_rows_left_unacknowledged_go_into_sqlite_a_sync_interval_later(tmp_path, monkeypatch):
     """On the agent's event loop, with no flush after them: the timer that wakes the buffer
     thread's fsync first commits the journal's rows, so a row owed for SYNC_EVERY is in
-    the WAL the thread syncs. Rows acknowledged in time never reach SQLite at all."""
+    the WAL the thread syncs. Rows acknowledged in time never reach SQLite at all; rows of
+    the file acknowledged at idle are deleted by the same timer's commit."""
     import asyncio
 
     import edge_agent.buffer as buffer_module
@@ -392,7 +395,31 @@ def test_rows_left_unacknowledged_go_into_sqlite_a_sync_interval_later(tmp_path,
                 break
             await asyncio.sleep(0.01)
         assert _in_sqlite(path) == 3 and journal_path(path).stat().st_size == 0
+        outbox.ack([row.id for row in outbox.fetch(0, 10)])
+        fill(outbox, "a", 0)  # their deletion journaled; the timer's commit deletes them
+        assert _in_sqlite(path) == 3 and outbox.size_bytes() > 0
+        for _ in range(200):
+            if _in_sqlite(path) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert _in_sqlite(path) == 0 and outbox.size_bytes() == 0  # an idle alert clears
         outbox.close()
 
     asyncio.run(scenario())
     wait_until(lambda: not journal_path(path).exists(), timeout=1, what="journal removed")
+
+
+def test_zeroed_blocks_after_a_power_cut_are_a_torn_tail_not_damage(tmp_path):
+    """A file system may keep a file's new length without its last blocks' data: zeros."""
+    path = tmp_path / "b.sqlite3"
+    _killed(path, """
+        fill(outbox, "a", 10)
+    """)
+    with open(journal_path(path), "ab") as f:
+        f.write(bytes(4096))
+    log = LogSink()
+    reopened = SqliteOutbox(path, 1 << 30, log=log)
+    assert _seqs(reopened) == list(range(1, 11))
+    assert log.events("buffer_journal_torn_tail")[0]["bytes_cut"] == 4096
+    assert not log.events("buffer_journal_damaged")
+    reopened.close()

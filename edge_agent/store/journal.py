@@ -78,6 +78,8 @@ class Replay:
     """What a journal file holds, read back in order."""
 
     rows: dict[int, Row] = field(default_factory=dict)  # acknowledged ones removed
+    #: acknowledged rows that were in the buffer file, not in the journal: to delete
+    file_acks: set[int] = field(default_factory=set)
     seqs: dict[str, int] = field(default_factory=dict)  # the highest seen per device
     last_id: int = 0  # the highest row id ever journaled (acknowledged or not)
     records: int = 0
@@ -109,6 +111,9 @@ def read(path: Path) -> Replay:
         length, crc = _FRAME.unpack_from(data, offset)
         start = offset + _FRAME.size
         if length < _COUNTS.size or length > MAX_RECORD:
+            if data.count(0, offset) == size - offset:  # blocks a power cut left unwritten
+                replay.torn_bytes = size - offset
+                break
             replay.damage = f"a record at byte {offset} declares {length} bytes"
             replay.damaged_bytes = size - offset
             break
@@ -162,7 +167,8 @@ def _apply(body: bytes, replay: Replay) -> None:
         replay.rows[row.id] = row
         replay.last_id = max(replay.last_id, row.id)
     for row_id in acked:
-        replay.rows.pop(row_id, None)
+        if replay.rows.pop(row_id, None) is None:
+            replay.file_acks.add(row_id)
     for device, seq in seen.items():
         replay.seqs[device] = max(seq, replay.seqs.get(device, 0))
 
