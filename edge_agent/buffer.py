@@ -72,6 +72,7 @@ from zlib import crc32
 from edge_agent.store import boot, journal
 from edge_agent.store.checkpoint import PARKED_EVERY, SYNC_EVERY, Checkpointer, file_identity
 from edge_agent.store.drops import DropEpisodes, FailureEpisodes
+from edge_agent.store.journal import MAX_BYTES as JOURNAL_MAX_BYTES
 from edge_agent.store.journal import Journal, encode_record, journal_path
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
@@ -116,8 +117,6 @@ SALVAGE_PAGE = 512
 #: rows committed by this process that `fetch` may hand out from memory (the live window);
 #: past this (the publisher is away or behind) they are forgotten and read from the file
 FRESH_ROWS = COMPRESS_BACKLOG
-#: the journal is cut (its rows go into SQLite) at this size, whatever its age
-JOURNAL_MAX_BYTES = 4 * 1024 * 1024
 #: acknowledgements of rows in the file that the journal may hold until the next commit:
 #: the few in flight when it last took the journal's rows. More (a backlog drained) are
 #: deleted at once, so the bytes they free (and the end of a drop episode) show at once
@@ -432,7 +431,7 @@ class SqliteOutbox:
         pending, acked = self._pending, self._acked
         now = time.monotonic()
         if journal.size:
-            if now >= self._journal_until or journal.size >= JOURNAL_MAX_BYTES:
+            if now >= self._journal_until:
                 return False
         else:
             self._journal_until = now + SYNC_EVERY
@@ -452,7 +451,10 @@ class SqliteOutbox:
         if self._bytes + added > self.max_bytes:
             return False  # the oldest rows must go: that is SQLite's
         seqs = self.seqs.dirty
-        if not journal.append(encode_record(pending, acked, seqs)):
+        record = encode_record(pending, acked, seqs)
+        if journal.size + len(record) > JOURNAL_MAX_BYTES:
+            return False  # the journal stays small: a start reads it whole
+        if not journal.append(record):
             return False
         self._journal_written = True
         journaled = self._journal_rows

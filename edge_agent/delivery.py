@@ -38,12 +38,13 @@ MAX_LATENCY_PROBES = 4096
 #: timers run on a clock in whole milliseconds: it fires after 2-3 ms). 4 ms saved no more
 #: CPU than 3 on the rig (docs/performance.md, "What changed, measured")
 HOLD_BUDGET_S = 0.003
-#: ... and it goes out once it holds this many polls: on the rig (answers 0.4-0.7 ms apart)
-#: five polls a flush took 13 % less CPU than three. Four was tried on a slower VM (p99 0.72
-#: in three interleaved rounds) and did not hold up in five more on the next one (CPU 1.07,
-#: p99 1.29). The budget alone let batches of up to ten through, and p99 was 1.8 times as
-#: long (docs/performance.md, "What changed, measured")
-MAX_HOLD_POLLS = 5
+#: ... and it goes out once it holds this many polls. With every flush a SQLite commit, five
+#: polls a flush took 13 % less CPU than three on the rig (answers 0.4-0.7 ms apart). With
+#: the journal (edge_agent.store.journal) a flush costs under a third of that, and three polls
+#: cost the CPU that five did with SQLite, for a p99 0.74-0.76 times as long in two A/B runs
+#: (five: CPU 0.89, p99 0.90). The budget alone let batches of up to ten through, and p99 was
+#: 1.8 times as long (docs/performance.md, "The journal in front of SQLite")
+MAX_HOLD_POLLS = 3
 #: weight of the newest gap in the running average of the gaps between held answers
 GAP_WEIGHT = 0.125
 

@@ -423,3 +423,33 @@ def test_zeroed_blocks_after_a_power_cut_are_a_torn_tail_not_damage(tmp_path):
     assert log.events("buffer_journal_torn_tail")[0]["bytes_cut"] == 4096
     assert not log.events("buffer_journal_damaged")
     reopened.close()
+
+
+def test_a_file_too_large_to_be_a_journal_is_never_loaded_and_is_set_aside(tmp_path):
+    """Whatever sits at the journal's path is read with a bound: a start never loads a
+    file larger than any journal the agent writes (hostile or not), it sets it aside."""
+    path = tmp_path / "b.sqlite3"
+    fill_outbox = SqliteOutbox(path, 1 << 30)
+    fill(fill_outbox, "a", 3)
+    fill_outbox.close()
+    with open(journal_path(path), "wb") as f:
+        f.truncate(3 * journal.MAX_BYTES)  # sparse: costs no disk
+    log = LogSink()
+    reopened = SqliteOutbox(path, 1 << 30, log=log)
+    assert _seqs(reopened) == [1, 2, 3] and reopened.next_seq("a") > 3
+    damaged = log.events("buffer_journal_damaged")
+    assert damaged and "larger than any journal" in damaged[0]["problem"]
+    assert Path(damaged[0]["moved_to"]).stat().st_size == 3 * journal.MAX_BYTES
+    reopened.close()
+
+
+def test_a_flush_larger_than_the_journal_allows_is_committed_to_sqlite(tmp_path, slow_clock):
+    path = tmp_path / "b.sqlite3"
+    outbox = SqliteOutbox(path, 1 << 30)
+    fill(outbox, "a", 2)
+    assert _in_sqlite(path) == 0
+    fill(outbox, "a", 3, size=journal.MAX_BYTES // 2)
+    assert _in_sqlite(path) == 5 and journal_path(path).stat().st_size == 0
+    assert journal.read(journal_path(path)).records == 0
+    assert _seqs(outbox) == [1, 2, 3, 4, 5]
+    outbox.close()

@@ -46,8 +46,10 @@ _ROW = struct.Struct("<QQHHI")
 _ACK = struct.Struct("<Q")
 #: one seq: its value, the device name's length
 _SEQ = struct.Struct("<QH")
-#: a record longer than this is damage, not a record (the journal is cut far sooner)
-MAX_RECORD = 64 * 1024 * 1024
+#: the outbox writes no more than this to a journal before its rows go into SQLite (and
+#: writes a larger flush to SQLite): a start reads the journal whole, so a bigger file is
+#: not one of ours (read as damage, never loaded into memory)
+MAX_BYTES = 4 * 1024 * 1024
 
 
 def journal_path(buffer_path: Path) -> Path:
@@ -97,11 +99,15 @@ def read(path: Path) -> Replay:
     """Parses the journal at `path` (missing: empty). Never raises for what it holds."""
     replay = Replay()
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(2 * MAX_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return replay
     except OSError as exc:
         replay.damage = f"it cannot be read ({exc.strerror or exc})"
+        return replay
+    if len(data) > 2 * MAX_BYTES:
+        replay.damage = f"it is larger than any journal the agent writes ({2 * MAX_BYTES} bytes)"
         return replay
     offset, size = 0, len(data)
     while offset < size:
@@ -110,7 +116,7 @@ def read(path: Path) -> Replay:
             break
         length, crc = _FRAME.unpack_from(data, offset)
         start = offset + _FRAME.size
-        if length < _COUNTS.size or length > MAX_RECORD:
+        if length < _COUNTS.size or length > MAX_BYTES:
             if data.count(0, offset) == size - offset:  # blocks a power cut left unwritten
                 replay.torn_bytes = size - offset
                 break
