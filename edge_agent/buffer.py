@@ -76,7 +76,6 @@ from edge_agent.store.journal import MAX_BYTES as JOURNAL_MAX_BYTES
 from edge_agent.store.journal import Journal, encode_record, journal_path
 from edge_agent.store.memory import MemoryOutbox
 from edge_agent.store.rows import (
-    ROW_OVERHEAD,
     BadRow,
     Row,
     checksum,
@@ -444,10 +443,7 @@ class SqliteOutbox:
             in_file = [row_id for row_id in acked if row_id <= upto]
             if len(self._file_acks) + len(in_file) > JOURNAL_FILE_ACKS:
                 return False
-        added = 0
-        for row in pending:
-            added += len(row.topic) + len(row.payload)
-        added += ROW_OVERHEAD * len(pending)
+        added = sum(row_size(row.topic, row.payload) for row in pending)
         if self._bytes + added > self.max_bytes:
             return False  # the oldest rows must go: that is SQLite's
         seqs = self.seqs.dirty
@@ -538,14 +534,18 @@ class SqliteOutbox:
 
     def _spilled(self) -> None:
         """After a transaction that holds every journaled row: the journal is cut."""
+        self._forget_journaled()
+        journal = self._journal
+        if journal is not None and (journal.size or not journal.usable):
+            journal.cut()
+
+    def _forget_journaled(self) -> None:
+        """What the journal held is accounted for elsewhere (the file, or memory)."""
         self._journal_rows = {}
         self._journal_seqs = {}
         self._file_acks = []
         self._journal_written = False
         self._spilled_upto = self._last_id
-        journal = self._journal
-        if journal is not None and (journal.size or not journal.usable):
-            journal.cut()
 
     def _stored_rows(self, rows: list[Row], backlog: bool | None = None,
                      ) -> list[tuple[int, str, int, str, bytes, int, int]]:
@@ -861,11 +861,7 @@ class SqliteOutbox:
         new.execute("COMMIT")
         self._pending.clear()
         self.seqs.dirty.clear()
-        self._journal_rows = {}
-        self._journal_seqs = {}
-        self._file_acks = []
-        self._journal_written = False
-        self._spilled_upto = self._last_id
+        self._forget_journaled()
         self._acked = []
         self._bad = {}
         self._gone_max = 0
@@ -946,9 +942,7 @@ class SqliteOutbox:
         memory.restore(self._journal_rows.values())  # left in the journal too, for a restart
         memory.restore(self._pending)
         memory.skip_to(self._last_id)
-        self._journal_rows = {}
-        self._journal_seqs = {}
-        self._file_acks = []
+        self._forget_journaled()
         self._pending.clear()
         self._forget_fresh()
         self._acked = []

@@ -95,7 +95,7 @@ class BufferConfig(Strict):
     path: Path | None = None  # None keeps the buffer in memory only (development)
     max_bytes: int = Field(100 * 1024 * 1024, ge=64 * 1024)
     #: a flush appends to `<path>.journal` while the broker keeps up, and rows go into
-    #: SQLite only when they wait (docs/buffer.md); false commits every flush to SQLite
+    #: SQLite only when they wait (docs/delivery.md); false commits every flush to SQLite
     journal: bool = True
 
 

@@ -1,14 +1,15 @@
 """The outbox's journal: an append-only file in front of the SQLite buffer.
 
 Why: a SQLite commit cost the standard workload 150-230 us a flush, an append to a plain
-file 19-29 us (docs/performance.md, "The journal"). So while the outbox is in its live
-window (the broker keeping up, no backlog), a flush appends one record to this file (the
-new rows, the acknowledgements of journaled rows, the seqs they used) and the rows are
+file 19-29 us (docs/performance.md, "The journal in front of SQLite"). So while the outbox
+is in its live window (the broker keeping up, no backlog), a flush appends one record to
+this file (the new rows, the acknowledgements, the seqs they used) and the rows are
 published from memory as before: on disk (the page cache) before they are published, as
 with SQLite's `synchronous=NORMAL`. Rows still unacknowledged a SYNC_EVERY later, or once
-anything needs SQLite (a backlog, an acknowledgement of a row in the file, a quarantine,
-the file's size), go into SQLite in one transaction that also records the highest id it
-accounts for (`journal_upto` in the `meta` table); the journal is then cut to nothing.
+anything needs SQLite (a backlog, more than 64 acknowledgements of rows in the file, a
+quarantine, the journal's size), go into SQLite in one transaction that also records the
+highest id it accounts for (`journal_upto` in the `meta` table); the journal is then cut
+to nothing.
 
 Recovery rests on that one rule: on start, a journal record's rows with an id above the
 file's `journal_upto` and not acknowledged in a later record are put into SQLite (INSERT
@@ -85,7 +86,6 @@ class Replay:
     seqs: dict[str, int] = field(default_factory=dict)  # the highest seen per device
     last_id: int = 0  # the highest row id ever journaled (acknowledged or not)
     records: int = 0
-    good_bytes: int = 0  # the length of the readable prefix
     torn_bytes: int = 0  # an unfinished last record, cut
     damaged_bytes: int = 0  # from a record that failed its check to the end
     damage: str | None = None
@@ -139,7 +139,6 @@ def read(path: Path) -> Replay:
             break
         replay.records += 1
         offset = start + length
-        replay.good_bytes = offset
     return replay
 
 
@@ -254,9 +253,7 @@ class Journal:
             self._log("warning", "buffer_journal_replaced", path=str(self.path),
                       problem=problem)
             if problem != "deleted":
-                with contextlib.suppress(OSError):
-                    os.replace(self.path, self.path.with_name(
-                        f"{self.path.name}.replaced-{int(time.time())}"))
+                move_aside(self.path, "replaced")
             self.open_empty()
             return
         try:
