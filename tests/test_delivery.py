@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -38,7 +37,7 @@ from tests.delivery_support import (
     sleep_through,
     stored_rows,
 )
-from tests.helpers import SimulatorThread, Subscriber, wait_until
+from tests.helpers import AgentProcess, SimulatorThread, Subscriber, wait_until
 
 INFLIGHT = 32
 
@@ -124,7 +123,7 @@ def _latest_per_device(sub: PersistentSubscriber) -> dict[str, dict]:
     return latest
 
 
-def _restart_lost_nothing(sub: PersistentSubscriber, buffer: Path, again: Any,
+def _restart_lost_nothing(sub: PersistentSubscriber, buffer: Path, again: AgentProcess,
                           at_kill: dict[str, int]) -> None:
     """After a SIGKILL and a restart: new readings flow; after a clean stop nothing is kept,
     no seq is missing, and seq continued instead of starting over (a repeated seq is always
