@@ -120,6 +120,10 @@ FRESH_ROWS = COMPRESS_BACKLOG
 #: the few in flight when it last took the journal's rows. More (a backlog drained) are
 #: deleted at once, so the bytes they free (and the end of a drop episode) show at once
 JOURNAL_FILE_ACKS = 64
+#: a journal that owes nothing (every row in it acknowledged, no deletion waiting) is not
+#: put into SQLite on the SYNC_EVERY clock but when it reaches this size: at idle a commit
+#: each second was most of what a poll cost the agent (docs/performance.md, "Near idle")
+SETTLED_JOURNAL_BYTES = 256 * 1024
 _row_id = itemgetter(0)
 
 
@@ -431,7 +435,9 @@ class SqliteOutbox:
         now = time.monotonic()
         if journal.size:
             if now >= self._journal_until:
-                return False
+                if not self._journal_settled():
+                    return False
+                self._journal_until = now + SYNC_EVERY  # nothing owed: it stays a journal
         else:
             self._journal_until = now + SYNC_EVERY
         if (self._bad or len(self._fresh) + len(pending) > FRESH_ROWS
@@ -468,6 +474,16 @@ class SqliteOutbox:
         self._acked = []
         self._gone_max = max(self._file_acks) if self._file_acks else 0
         return True
+
+    def _journal_settled(self) -> bool:
+        """Whether the journal may outlive SYNC_EVERY uncut: it owes nothing (its rows are
+        all acknowledged, no deletion of a file row waits in it), it is small, and a power
+        cut is caught at start (a boot id), so the seqs only it holds are safe: a kill
+        leaves the file to replay, and a machine that went down has its seqs resumed after
+        their reservation (`edge_agent.store.seqs`)."""
+        journal = self._journal
+        return (not self._journal_rows and not self._file_acks and self._boot is not None
+                and journal is not None and journal.size < SETTLED_JOURNAL_BYTES)
 
     def _commit(self) -> None:
         """The journal's rows, the queued rows, the seqs and the deletions in one SQLite
@@ -784,8 +800,18 @@ class SqliteOutbox:
             self._watch_at = now + SYNC_EVERY
             problem = checkpointer.watch()
             if problem is None:
+                self._watch_journal()
                 return
         self._rebuild(problem, aside="replaced")
+
+    def _watch_journal(self) -> None:
+        """A journal deleted or replaced while it holds records (a settled one may for
+        minutes) goes into SQLite now: the seqs only it held are then safe from a kill, and
+        the cut opens a new journal where a start will read it."""
+        journal = self._journal
+        if (journal is not None and journal.size and self._db is not None
+                and journal.watch() is not None):
+            self._commit()
 
     def _rebuild(self, problem: str, aside: str) -> None:
         """Copies every readable row, as stored, into a new file that takes the path.

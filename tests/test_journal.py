@@ -453,3 +453,96 @@ def test_a_flush_larger_than_the_journal_allows_is_committed_to_sqlite(tmp_path,
     assert journal.read(journal_path(path)).records == 0
     assert _seqs(outbox) == [1, 2, 3, 4, 5]
     outbox.close()
+
+
+def _settled_rounds(rounds: int) -> str:
+    """A child's body: `rounds` idle polls (ten rows, flushed, acknowledged, the
+    acknowledgement flushed), every one past SYNC_EVERY; prints the state after them."""
+    return f"""
+        import edge_agent.buffer
+        edge_agent.buffer.SYNC_EVERY = 0.0  # every flush after the first is past its clock
+        from edge_agent.store.journal import journal_path
+        from pathlib import Path
+        sizes = []
+        for _ in range({rounds}):
+            outbox.ack(fill(outbox, "a", 10))
+            fill(outbox, "a", 0)
+            sizes.append(journal_path(Path(sys.argv[1])).stat().st_size)
+        with sqlite3.connect(sys.argv[1]) as db:
+            stored = db.execute("SELECT coalesce(max(seq), 0) FROM seqs").fetchone()[0]
+        print(json.dumps({{"in_sqlite": in_sqlite(), "sizes": sizes, "stored_seq": stored}}))
+    """
+
+
+def test_a_journal_that_owes_nothing_is_not_put_into_sqlite_on_the_clock(tmp_path):
+    """The idle agent's journal: every row acknowledged before the next poll. However late
+    the flushes, none commits; a kill then replays nothing and the seqs go on without a gap
+    (the journal held them)."""
+    path = tmp_path / "b.sqlite3"
+    state = json.loads(_killed(path, _settled_rounds(30)))
+    assert state["in_sqlite"] == 0 and state["stored_seq"] == 0  # not one commit
+    assert state["sizes"] == sorted(state["sizes"]) and state["sizes"][0] > 0  # never cut
+    log = LogSink()
+    reopened = SqliteOutbox(path, 1 << 30, log=log)
+    assert reopened.fetch(0, 1000) == [] and reopened.depth() == 0  # delivered: not again
+    assert reopened.next_seq("a") == 301  # no seq reused, none skipped
+    assert not log.events("seq_resumed_after_reservation")
+    reopened.close()
+
+
+def test_a_settled_journal_lost_in_a_power_cut_never_lets_a_seq_be_reused(tmp_path):
+    """The power cut took the journal's page cache (the file is empty after it) and the
+    seqs only it held: the start sees the machine went down and resumes after the
+    reservation."""
+    from tests.test_machine_restart import _set_marker
+
+    path = tmp_path / "b.sqlite3"
+    _killed(path, _settled_rounds(30))
+    journal_path(path).write_bytes(b"")
+    _set_marker(path, "0f0e0d0c-another-boot")
+    log = LogSink()
+    reopened = SqliteOutbox(path, 1 << 30, log=log)
+    assert reopened.next_seq("a") > 300
+    assert log.events("seq_resumed_after_reservation")[0]["machine_restarted"] is True
+    reopened.close()
+
+
+def test_a_settled_journal_is_put_into_sqlite_at_its_size_bound(tmp_path):
+    path = tmp_path / "b.sqlite3"
+    bound = 16 * 1024
+    state = json.loads(_killed(path, f"""
+        edge_agent.buffer.SETTLED_JOURNAL_BYTES = {bound}
+    """ + _settled_rounds(40)))
+    sizes = state["sizes"]
+    step = sizes[1] - sizes[0]  # one round's records
+    assert max(sizes) < bound + 2 * step
+    assert sizes.index(min(sizes[5:])) > 5  # cut (at least once) after growing
+    assert state["in_sqlite"] == 0 and 0 < state["stored_seq"] <= 400  # seqs, no rows
+
+
+def test_a_settled_journal_deleted_while_running_is_committed_within_a_sync_interval(
+        tmp_path, monkeypatch):
+    """Nothing cuts a settled journal for minutes, so the outbox watches it itself: once
+    deleted, the next flush a SYNC_EVERY later commits its seqs and opens a new one."""
+    import edge_agent.buffer as buffer_module
+
+    monkeypatch.setattr(buffer_module, "SYNC_EVERY", 0.0)
+    path = tmp_path / "b.sqlite3"
+    log = LogSink()
+    outbox = SqliteOutbox(path, 1 << 30, log=log)
+    for _ in range(5):
+        outbox.ack(fill(outbox, "a", 10))
+        fill(outbox, "a", 0)
+    journal_path(path).unlink()
+    outbox.ack(fill(outbox, "a", 10))
+    fill(outbox, "a", 0)
+    assert journal_path(path).exists()  # a new journal
+    assert log.events("buffer_journal_replaced")[0]["problem"] == "deleted"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT seq FROM seqs WHERE device = 'a'").fetchone()[0] >= 50
+    outbox._stop_checkpointer()  # a kill now: the seqs are in SQLite and the new journal
+    outbox._journal.close()
+    outbox._close_db()
+    reopened = SqliteOutbox(path, 1 << 30)
+    assert reopened.next_seq("a") == 61
+    reopened.close()

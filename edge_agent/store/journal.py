@@ -9,7 +9,12 @@ with SQLite's `synchronous=NORMAL`. Rows still unacknowledged a SYNC_EVERY later
 anything needs SQLite (a backlog, more than 64 acknowledgements of rows in the file, a
 quarantine, the journal's size), go into SQLite in one transaction that also records the
 highest id it accounts for (`journal_upto` in the `meta` table); the journal is then cut
-to nothing.
+to nothing. A journal that owes nothing (every row in it acknowledged: the idle agent's,
+whose PUBACK comes milliseconds after the poll) is not put into SQLite on that clock: it
+grows to SETTLED_JOURNAL_BYTES first, or until it owes something a SYNC_EVERY (the seqs it
+holds are safe meanwhile: a kill leaves the file, a power cut is caught at start and the
+seqs resume after their reservation). The outbox checks once a SYNC_EVERY that the file is
+still there, and commits at once if not.
 
 Recovery rests on that one rule: on start, a journal record's rows with an id above the
 file's `journal_upto` and not acknowledged in a later record are put into SQLite (INSERT
@@ -248,7 +253,7 @@ class Journal:
         if self._fd is None:
             self.open_empty()
             return
-        problem = self._watch()
+        problem = self.watch()
         if problem is not None:
             self._log("warning", "buffer_journal_replaced", path=str(self.path),
                       problem=problem)
@@ -266,7 +271,8 @@ class Journal:
             self._log("warning", "buffer_journal_usable_again", path=str(self.path))
             self.broken = None
 
-    def _watch(self) -> str | None:
+    def watch(self) -> str | None:
+        """Why the path no longer holds the open journal (deleted, replaced), or None."""
         try:
             stat = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
@@ -289,7 +295,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-            if remove and self.broken is None and self._watch() is None:
+            if remove and self.broken is None and self.watch() is None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.path)
 
